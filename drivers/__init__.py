@@ -1,0 +1,1 @@
+"""Machine and MES data sources, one module per protocol behind the Source interface."""
