@@ -31,6 +31,10 @@ class RecordSink(Protocol):
         already held. Raises `outbox.errors.OutboxFull` or `OutboxUnavailable`."""
         ...
 
+    async def lookup(self, record_id: str) -> str | None:
+        """Where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
+        ...
+
 
 @dataclass
 class SourceStatus:
