@@ -140,6 +140,9 @@ class ModbusSourceConfig(SourceConfigBase):
     inter_frame_delay_ms: float = Field(
         default=0.0, ge=0, description="quiet time after each serial reply before the next request"
     )
+    late_reply_wait_ms: float = Field(
+        default=200.0, ge=0, description="serial lines: how long to wait for a late reply after a timeout"
+    )
     max_registers_per_request: int = Field(default=MAX_REGISTERS_PER_READ, ge=1, le=MAX_REGISTERS_PER_READ)
     max_bits_per_request: int = Field(default=MAX_BITS_PER_READ, ge=1, le=MAX_BITS_PER_READ)
     max_gap: int = Field(default=16, ge=0, description="unused addresses one request may read across")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,7 @@ class ModbusConnection:
         self.client: Any = None
         self._serial_line = config.transport != "tcp"
         self._quiet_s = config.inter_frame_delay_ms / 1000
+        self._last_received = 0.0
         # Poll groups share the connection; the lock also covers the quiet time after a
         # reply, which pymodbus's own lock does not.
         self._lock = asyncio.Lock()
@@ -77,7 +79,12 @@ class ModbusConnection:
 
     async def __aenter__(self) -> ModbusConnection:
         config = self.config
-        common: dict[str, Any] = {"timeout": config.timeout_s, "retries": 0, "reconnect_delay": 0}
+        common: dict[str, Any] = {
+            "timeout": config.timeout_s,
+            "retries": 0,
+            "reconnect_delay": 0,
+            "trace_packet": self._trace_packet,
+        }
         if config.transport == "rtu":
             assert config.serial is not None
             serial = config.serial
@@ -157,12 +164,29 @@ class ModbusConnection:
             return await client.read_coils(request.address, **arguments)
         return await client.read_discrete_inputs(request.address, **arguments)
 
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._last_received = time.monotonic()
+        return data
+
     async def _settle_after_timeout(self) -> None:
-        # On a serial line the reply may still be on its way. Waiting for the line to go
-        # quiet lets it arrive now, where pymodbus discards it as unrequested, rather than
-        # during the next request.
-        if self._serial_line:
-            await asyncio.sleep(max(self._quiet_s, min(self.config.timeout_s, 0.5)))
+        """Wait, after a request timed out on a serial line, until its late reply is over.
+
+        RTU frames carry no transaction id, so a late reply that arrived during the next
+        request would pass for its answer. Waiting here lets it arrive now, when pymodbus
+        discards it as unrequested. The wait ends once bytes came and the line was then quiet
+        for the inter-frame delay (at least 20 ms), or after `late_reply_wait_ms`.
+        """
+        if not self._serial_line:
+            return
+        quiet_s = max(self._quiet_s, 0.02)
+        started = time.monotonic()
+        deadline = started + self.config.late_reply_wait_ms / 1000
+        while (now := time.monotonic()) < deadline:
+            heard_late_reply = self._last_received > started
+            if heard_late_reply and now - self._last_received >= quiet_s:
+                return
+            await asyncio.sleep(min(quiet_s, deadline - now))
 
 
 def classify_response(request: ReadRequest, response: Any) -> ReadOutcome:
