@@ -111,6 +111,7 @@ class ModbusConnection:
 
         try:
             connected = await self.client.connect()
+            raise_if_cancelling()
         except BaseException:
             self.close()
             raise
@@ -147,6 +148,7 @@ class ModbusConnection:
             # The extra second covers pymodbus's own timeout, which is the one that fires.
             async with asyncio.timeout(self.config.timeout_s + 1.0):
                 response = await self._send(client, request)
+                raise_if_cancelling()
         except ConnectionException as error:
             raise SourceUnavailable(f"connection to {self.describe()} lost: {error}") from error
         except (ModbusIOException, TimeoutError) as error:
@@ -194,6 +196,17 @@ class ModbusConnection:
             if heard_late_reply and now - self._last_received >= quiet_s:
                 return
             await asyncio.sleep(min(quiet_s, deadline - now))
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library call swallowed.
+
+    pymodbus awaits `asyncio.wait_for`, which on Python 3.11 can drop a cancellation that
+    arrives as the inner call completes. The task's cancel request count still shows it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def classify_response(request: ReadRequest, response: Any) -> ReadOutcome:

@@ -57,6 +57,12 @@ class ModbusSource(Source):
                 except* SourceUnavailable as group:
                     error = str(group.exceptions[0])
                     self._set_state(SourceState.DISCONNECTED, error, f"{error}; retrying with backoff")
+                except* Exception as group:
+                    # A fault in this driver must not end the agent or its other sources:
+                    # log it with its traceback, then reconnect as after a lost connection.
+                    error = f"internal error: {group.exceptions[0]!r}"
+                    log.error("source %r: %s; reconnecting", self.name, error, exc_info=group.exceptions[0])
+                    self._set_state(SourceState.DISCONNECTED, error, f"{error}; retrying with backoff")
                 await self.clock.sleep(backoff.next_delay())
         finally:
             self.status.state = SourceState.STOPPED

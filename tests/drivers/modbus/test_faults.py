@@ -131,3 +131,23 @@ async def test_late_reply_is_not_taken_for_next_request() -> None:
     assert good_input
     assert {record.payload["value"] for record in good_holding} == {100}
     assert {record.payload["value"] for record in good_input} == {7}
+
+
+async def test_hole_in_device_map_is_not_read_across() -> None:
+    # Address 5 is no point but lies in the gap between two points that would be coalesced.
+    async def reject_address_5(function_code: int, address: int, count: int) -> int | None:
+        return 2 if address <= 5 < address + count else None
+
+    async with modbus_server([device(1, HOLDING, hook=reject_address_5)]) as port:
+        source = ModbusSource(make_config(port, register_points(4, 6)))
+        sink = ListSink()
+        async with running(source, sink):
+            await wait_until(lambda: len(sink.of("r6")) >= 4, 10, "4 polls")
+
+    assert all(record.quality == Quality.GOOD for record in sink.records)
+    assert {record.payload["value"] for record in sink.of("r4")} == {104}
+    assert {record.payload["value"] for record in sink.of("r6")} == {106}
+    assert source.status.details["illegal_points"] == []
+    # First poll: 4..6 rejected, then 4 and 6 alone. Later polls: 4 and 6 alone.
+    polls = source.status.details["polls"]
+    assert source.status.details["requests"] == 3 + 2 * (polls - 1)
