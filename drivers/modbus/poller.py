@@ -59,11 +59,22 @@ class Poller:
         self.state = state
         self.counters = counters
         self.points = {point.name: point for point in config.points}
+        # Plans by (point names, cuts). Only cuts and illegal points change the key, and each
+        # point adds at most one of each, so the cache stays small.
+        self._plans: dict[tuple[tuple[str, ...], frozenset[Cut]], list[ReadRequest]] = {}
 
     def span_of(self, point: ModbusPoint) -> PointSpan:
         return PointSpan(point.name, self.config.unit_of(point), point.table, point.address, point.count)
 
     def plan(self, points: Sequence[ModbusPoint]) -> list[ReadRequest]:
+        """Plan the requests for `points`, reusing the last plan while the points and cuts are unchanged."""
+        key = (tuple(point.name for point in points), frozenset(self.state.cuts))
+        cached = self._plans.get(key)
+        if cached is None:
+            cached = self._plans[key] = self._plan(points)
+        return cached
+
+    def _plan(self, points: Sequence[ModbusPoint]) -> list[ReadRequest]:
         return plan_requests(
             [self.span_of(point) for point in points],
             max_registers=self.config.max_registers_per_request,
@@ -163,10 +174,11 @@ class Poller:
     def _records(
         self, request: ReadRequest, outcome: ReadOutcome, scheduled: datetime, now: datetime
     ) -> list[Record]:
-        return [self._record(request, span, outcome, scheduled, now) for span in request.points]
+        slot = format_time(scheduled)
+        return [self._record(request, span, outcome, slot, now) for span in request.points]
 
     def _record(
-        self, request: ReadRequest, span: PointSpan, outcome: ReadOutcome, scheduled: datetime, now: datetime
+        self, request: ReadRequest, span: PointSpan, outcome: ReadOutcome, slot: str, now: datetime
     ) -> Record:
         point = self.points[span.name]
         payload: dict[str, object] = {
@@ -199,7 +211,7 @@ class Poller:
             payload["error"] = outcome.error
 
         return Record(
-            id=record_id(self.config.name, point.name, format_time(scheduled)),
+            id=record_id(self.config.name, point.name, slot),
             source=self.config.name,
             lane=Lane.TELEMETRY,
             kind=RECORD_KIND,
