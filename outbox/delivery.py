@@ -168,7 +168,7 @@ def classify_failure(
 
 
 def event_source(site: str, gateway_id: str, source: str) -> str:
-    """Build the CloudEvents `source` of a plantgate source: a URI-reference naming site, gateway and source."""
+    """Build the CloudEvents `source` of a plantgate source: a URI-reference of site, gateway and source."""
     return "/plantgate/" + "/".join(quote(part, safe="") for part in (site, gateway_id, source))
 
 
