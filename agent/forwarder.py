@@ -57,7 +57,8 @@ class ForwarderStatus:
 
     `batches_sent` counts POST requests, bisection steps included. `retries` counts attempts
     that ended in a retry. `last_progress_monotonic` is the monotonic time of the loop's last
-    step (an attempt or an idle check): a stale value means the loop is stuck.
+    step (an attempt or an idle check). While backing off, `next_attempt_monotonic` is when
+    the loop will try again, so a health check can tell a long backoff from a stuck loop.
     """
 
     wan_state: str = "unknown"
@@ -70,6 +71,7 @@ class ForwarderStatus:
     retries: int = 0
     dead_lettered: int = 0
     last_progress_monotonic: float | None = None
+    next_attempt_monotonic: float | None = None
     outage_started_monotonic: float | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class ForwarderStatus:
             "retries": self.retries,
             "dead_lettered": self.dead_lettered,
             "last_progress_monotonic": self.last_progress_monotonic,
+            "next_attempt_monotonic": self.next_attempt_monotonic,
         }
 
 
@@ -129,7 +132,9 @@ class Forwarder:
             while True:
                 delay = await self._step(client)
                 if delay is not None:
+                    self.status.next_attempt_monotonic = self.clock.monotonic() + delay
                     await self.clock.sleep(delay)
+                    self.status.next_attempt_monotonic = None
 
     async def _step(self, client: CentralClient) -> float | None:
         """Deliver one batch, or wait for records. Return the delay before the next step, if any."""

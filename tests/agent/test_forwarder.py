@@ -61,7 +61,8 @@ def make_records(
 def central_for(url: str, **overrides: Any) -> CentralSection:
     settings: dict[str, Any] = {
         "url": url,
-        "timeout_s": 0.5,
+        # Long enough for a loaded 2-core test machine; the stall cases set a shorter one.
+        "timeout_s": 3.0,
         "retry_initial_s": 0.01,
         "retry_max_s": 0.05,
         "idle_poll_s": 0.02,
@@ -122,6 +123,7 @@ class FaultCase:
     min_retries: int = 1
     min_duplicates: int = 0
     dead_letter_status: int | None = None
+    central: dict[str, Any] = field(default_factory=dict)
 
 
 async def go_down(receiver: Receiver, records: list[Record]) -> None:
@@ -165,9 +167,9 @@ FAULT_CASES = [
     FaultCase("400 rejects one record", reject_record_3, {3}, min_retries=0, dead_letter_status=400),
     FaultCase("401 retries, never dead-letters", fail_with(401, times=3), min_retries=3),
     FaultCase("403 retries, never dead-letters", fail_with(403, times=3), min_retries=3),
-    FaultCase("slow response past the timeout", slow_past_timeout),
+    FaultCase("slow response past the timeout", slow_past_timeout, central={"timeout_s": 0.3}),
     FaultCase("connection reset mid-response", reset_mid_response, min_retries=2),
-    FaultCase("stored, then no reply", stored_then_hangs, min_duplicates=10),
+    FaultCase("stored, then no reply", stored_then_hangs, min_duplicates=10, central={"timeout_s": 0.3}),
 ]
 
 
@@ -177,7 +179,7 @@ async def test_forward_survives_receiver_fault(case, tmp_path, outbox, receiver)
     await case.inject(receiver, records)
     await outbox.append(records)
 
-    async with forwarding(outbox, central_for(receiver.url)) as forwarder:
+    async with forwarding(outbox, central_for(receiver.url, **case.central)) as forwarder:
         await wait_until(lambda: outbox.depth() == 0)
         await wait_until(lambda: receiver.stats().duplicates >= case.min_duplicates)
     status = forwarder.status
