@@ -158,7 +158,8 @@ class CentralClient:
             raise DeliveryFailed(
                 Cause.TLS,
                 f"TLS with {self.url} failed: {error};"
-                " if the endpoint uses a private CA, set central.ca_file",
+                " if the endpoint uses a private CA, set central.ca_file;"
+                " if it requires a client certificate, check central.client_cert_file",
             ) from error
         except TimeoutError as error:
             raise DeliveryFailed(
@@ -171,10 +172,15 @@ class CentralClient:
                 Cause.UNREACHABLE, f"cannot connect to {self.url}: {error.os_error}"
             ) from error
         except aiohttp.ClientError as error:
-            raise DeliveryFailed(
-                Cause.UNREACHABLE,
-                f"connection to {self.url} failed before the response was complete: {error!r}",
-            ) from error
+            message = f"connection to {self.url} failed before the response was complete: {error!r}"
+            if ssl_context is not None:
+                # With TLS 1.3 a server that rejects the client certificate does so after the
+                # handshake, and the client only sees the connection reset.
+                message += (
+                    "; if the endpoint requires a client certificate,"
+                    " check central.client_cert_file and central.client_key_file"
+                )
+            raise DeliveryFailed(Cause.UNREACHABLE, message) from error
 
     def _ssl_context(self) -> ssl.SSLContext:
         # Built on first use, not at start, so a missing CA file is retried like an outage

@@ -469,6 +469,7 @@ async def test_forward_presents_client_certificate(tmp_path, outbox):
         async with forwarding(outbox, central_for(receiver.url, ca_file=certificates.ca_file)) as forwarder:
             await wait_until(lambda: forwarder.status.retries >= 2)
         assert outbox.depth() == 2
+        assert "central.client_cert_file" in (forwarder.status.last_error or "")
 
         mutual = central_for(
             receiver.url,
