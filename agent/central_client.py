@@ -184,7 +184,8 @@ class CentralClient:
 
     def _ssl_context(self) -> ssl.SSLContext:
         # Built on first use, not at start, so a missing CA file is retried like an outage
-        # instead of stopping the agent; once loaded it is kept.
+        # instead of stopping the agent. Once loaded, the context is kept.
+        # TODO: a renewed CA or client certificate file takes effect only after a restart.
         if self._ssl is None:
             self._ssl = build_ssl_context(self.central)
         return self._ssl

@@ -91,7 +91,7 @@ class ForwarderStatus:
 
 
 class Forwarder:
-    """Delivers the outbox to `central.url` until cancelled.
+    """Delivery loop from the outbox to `central.url`, running until cancelled.
 
     Call `notify()` (or set `wakeup`) after appending records to deliver them without waiting
     for the next idle poll of `central.idle_poll_s`.
@@ -127,7 +127,7 @@ class Forwarder:
         self.wakeup.set()
 
     async def run(self) -> None:
-        """Deliver until cancelled. Never returns, and never raises because of the WAN or the receiver."""
+        """Deliver until cancelled, the only way it ends. WAN, receiver and outbox errors are retried."""
         async with CentralClient(self.central) as client:
             while True:
                 delay = await self._step(client)
@@ -218,7 +218,7 @@ class Forwarder:
             rng=self._rng,
         )
         log.debug(
-            "batch answered with HTTP %d: %s",
+            "central endpoint responded with HTTP %d: %s",
             response.status,
             decision.action,
             extra={"batch_key": key, "records": len(chunk)},

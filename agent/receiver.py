@@ -4,7 +4,7 @@ It accepts `application/cloudevents-batch+json` bodies (gzip too) on POST `/v1/e
 stores each event once by (`source`, `id`) in its ledger (`agent.receiver_ledger`) and
 returns `{"stored": n, "duplicates": d}`. GET `/v1/stats` returns the ledger's counts.
 
-It can be told to misbehave, from Python or over POST `/v1/control`:
+Faults can be injected from Python or over POST `/v1/control`:
 
     async with Receiver(tmp_path / "central.sqlite", host="127.0.0.1", port=0) as receiver:
         post_to(receiver.url)
@@ -182,7 +182,7 @@ class Receiver:
             self._reopen = self._task_group.create_task(self._reopen_after(seconds), name="receiver-reopen")
 
     async def come_up(self) -> None:
-        """Listen again now, if down. Retries while another process holds the port."""
+        """Listen again now, if down. Retries while another process uses the port."""
         if self._reopen is not None:
             self._reopen.cancel()
             self._reopen = None
@@ -211,7 +211,7 @@ class Receiver:
         retry_after: str | int | None = None,
         reject_ids: Collection[str] = (),
     ) -> None:
-        """Answer `status` without storing anything. With `reject_ids`, only batches that contain
+        """Respond with `status` without storing anything. With `reject_ids`, only batches that contain
         one of those ids fail, and the body lists them; other batches are stored as usual."""
         self.fault = Fault(
             kind="status",
@@ -229,8 +229,11 @@ class Receiver:
         times: int | None = None,
         store_first: bool = False,
     ) -> None:
-        """Reply `delay_s` late. With `store_first`, the events are stored before the wait, so a client
-        that times out has delivered them without knowing; otherwise they are stored after it."""
+        """Reply `delay_s` late, storing the events after the wait.
+
+        With `store_first`, the events are stored before the wait instead. A client that times
+        out has then delivered them without knowing.
+        """
         self.fault = Fault(kind="stall", delay_s=delay_s, store_first=store_first, **_window(seconds, times))
 
     def reset(

@@ -1,7 +1,7 @@
 """`plantgate receiver --listen HOST --port N --db FILE`: run the stand-in central receiver.
 
-For demos and tests on one machine: it stores what a gateway forwards and can be told to
-fail over POST /v1/control (see `agent.receiver`).
+For demos and tests on one machine: it stores what a gateway forwards, and faults can be
+injected over POST /v1/control (see `agent.receiver`).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def make_records(
 def central_for(url: str, **overrides: Any) -> CentralSection:
     settings: dict[str, Any] = {
         "url": url,
-        # Long enough for a loaded 2-core test machine; the stall cases set a shorter one.
+        # Generous, so a loaded test machine does not time out. The stall cases set a shorter one.
         "timeout_s": 3.0,
         "retry_initial_s": 0.01,
         "retry_max_s": 0.05,
@@ -83,7 +83,7 @@ async def forwarding(outbox: Outbox, central: CentralSection) -> AsyncIterator[F
 
 
 async def wait_until(condition: Callable[[], bool], limit_s: float = 15.0) -> None:
-    """Poll `condition` until it holds; the outbox and receiver offer no event to wait on."""
+    """Poll `condition` until it is true. The outbox and receiver offer no event to wait on."""
     async with asyncio.timeout(limit_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -265,7 +265,7 @@ async def test_forward_409_counts_as_delivered(outbox, receiver):
     async with forwarding(outbox, central_for(receiver.url)) as forwarder:
         await wait_until(lambda: outbox.depth() == 0)
 
-    # The 409 acknowledged the batch without storing: the receiver said it already had it.
+    # The 409 acknowledged the batch without storing, as a receiver that already has it responds.
     assert forwarder.status.delivered_records == 4
     assert forwarder.status.retries == 0
     assert receiver.stats().unique_events == 0
