@@ -93,7 +93,7 @@ class ForwarderStatus:
 class Forwarder:
     """Delivery loop from the outbox to `central.url`, running until cancelled.
 
-    Call `notify()` (or set `wakeup`) after appending records to deliver them without waiting
+    Call `wake()` (or set `wakeup`) after appending records to deliver them without waiting
     for the next idle poll of `central.idle_poll_s`.
     """
 
@@ -122,7 +122,7 @@ class Forwarder:
         )
         self._rng = rng or random.Random()
 
-    def notify(self) -> None:
+    def wake(self) -> None:
         """Wake the loop: records were appended."""
         self.wakeup.set()
 

@@ -48,7 +48,7 @@ COUNTER_NAMES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ReceiverStats:
     """Totals of a ledger. `requests` counts every POST to the events path, faulted ones included."""
 

@@ -314,11 +314,11 @@ async def test_forward_sends_gzip_and_same_key_on_retry(outbox, receiver):
     assert stats.unique_events == 6
 
 
-async def test_forward_wakes_on_notify(outbox, receiver):
+async def test_forward_wakes_on_wake_call(outbox, receiver):
     async with forwarding(outbox, central_for(receiver.url, idle_poll_s=3600)) as forwarder:
         await asyncio.sleep(0.05)
         await outbox.append(make_records(2))
-        forwarder.notify()
+        forwarder.wake()
         await wait_until(lambda: outbox.depth() == 0, limit_s=5)
 
 
