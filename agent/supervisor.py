@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 class _Sink:
     """What sources write to: the outbox, plus a wake-up for the forwarder after each commit."""
 
-    def __init__(self, outbox: Outbox, on_stored: Callable[[], None]) -> None:
+    def __init__(self, outbox: Outbox, on_stored: Callable[[], None], ledger: list[str] | None) -> None:
         self._outbox = outbox
         self._on_stored = on_stored
+        self._ledger = ledger
         self.stored = 0
 
     async def append(self, records: Sequence[Record]) -> list[bool]:
@@ -45,6 +46,8 @@ class _Sink:
         stored = sum(results)
         if stored:
             self.stored += stored
+            if self._ledger is not None:
+                self._ledger.extend(record.id for record, is_new in zip(records, results, strict=True) if is_new)
             self._on_stored()
         return results
 
@@ -70,6 +73,9 @@ class Agent:
         self.started_at = clock.now()
         self.started_monotonic = clock.monotonic()
         self.incidents: list[dict[str, Any]] = []
+        # When set to a list, the id of every stored record is added to it in store order. Only the
+        # demo and the tests use it: it grows with every record.
+        self.ledger: list[str] | None = None
         # Called with the agent once it is ready and when it starts stopping (systemd notify hooks).
         self.on_ready: list[Callable[[Agent], Awaitable[None] | None]] = []
         self.on_stopping: list[Callable[[Agent], Awaitable[None] | None]] = []
@@ -98,7 +104,7 @@ class Agent:
                 gateway_id=settings.agent.gateway_id,
                 clock=self.clock,
             )
-            self.sink = _Sink(outbox, self._wake_forwarder)
+            self.sink = _Sink(outbox, self._wake_forwarder, self.ledger)
             self.health = HealthServer(self, settings.health)
             async with self.health:
                 await self._run_tasks(stop)
