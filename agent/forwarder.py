@@ -7,10 +7,10 @@ a response means live in `outbox.delivery`, and this loop carries them out:
 - 2xx, or a status configured as "already delivered": the records are acknowledged.
 - 413: the batch is split in halves and the batch limits lowered; one record that still
   gets 413 is dead-lettered.
-- Any other 4xx except 401/403: the batch is bisected until the rejected records are isolated,
+- Any other 4xx, except 401/403/407 and those naming the endpoint (404, 415, ...): the batch is bisected until the rejected records are isolated,
   they are dead-lettered with the status and the start of the body, and the rest delivered.
-- Everything else (no response, timeout, TLS failure, 401/403, 408, 429, 5xx): the records stay,
-  and the loop backs off, honouring `Retry-After`.
+- Everything else (no response, timeout, TLS failure, 401/403, 404, 408, 429, 5xx): the records
+  stay, and the loop backs off, honouring `Retry-After`.
 
 An outage is logged once when it starts, again only if its cause changes, and once when it
 ends, never on every retry.
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # Causes that a person must fix (a credential, a certificate, a file, the URL): logged at
 # ERROR. The others usually heal by themselves and are logged at WARNING.
-OPERATOR_CAUSES = frozenset({Cause.CREDENTIALS, Cause.TLS, Cause.LOCAL, Cause.REDIRECT})
+OPERATOR_CAUSES = frozenset({Cause.CREDENTIALS, Cause.TLS, Cause.LOCAL, Cause.REDIRECT, Cause.ENDPOINT})
 
 
 @dataclass

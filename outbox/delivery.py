@@ -22,6 +22,10 @@ from outbox.records import StoredRecord, format_time
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 EVENT_TYPE_PREFIX = "com.plantgate"
+# 4xx statuses that describe the request target or protocol, never the records in the body. A
+# wrong central.url (404) must not dead-letter the whole outbox one record at a time, so these
+# are retried like 401 and 403 (RFC 9110, section 15.5, defines each status).
+ENDPOINT_STATUSES = frozenset({404, 405, 406, 410, 411, 414, 415, 417, 421, 426, 428, 431})
 # The receiver's body is kept with a dead letter up to this many characters: enough for a
 # validation message, small enough that a receiver that returns HTML pages does not bloat the file.
 REASON_BODY_CHARS = 500
@@ -45,6 +49,7 @@ class Cause(StrEnum):
     SERVER = "server"
     THROTTLED = "throttled"
     REDIRECT = "redirect"
+    ENDPOINT = "endpoint"
     LOCAL = "local"
 
 
@@ -108,9 +113,10 @@ def classify_status(
 
     2xx and the configured "already delivered" statuses acknowledge. 413 splits the batch.
     408, 429 and 5xx are retried after `Retry-After` if given, else after the backoff delay
-    for `attempt`. 401 and 403 are retried too: a wrong or expired credential is not the
-    records' fault, and dead-lettering them would lose data that a fixed token delivers.
-    Any other 4xx rejects the records (the forwarder bisects to find which). Statuses
+    for `attempt`. 401, 403 and 407 are retried too: a wrong or expired credential is not the
+    records' fault, and dead-lettering them would lose data that a fixed token delivers. The
+    same holds for ENDPOINT_STATUSES (404 for a wrong URL, 415, ...). Any other 4xx rejects
+    the records (the forwarder bisects to find which). Statuses
     outside 2xx and 4xx that are not listed (1xx, 3xx, unknown codes) are retried, because
     they tell nothing about the records.
     """
@@ -121,13 +127,21 @@ def classify_status(
     if status == 413:
         return Decision(Action.SPLIT, reason=f"HTTP 413 Content Too Large: {excerpt}".rstrip(": "))
 
-    if status in (401, 403):
+    if status in (401, 403, 407):
         cause, reason = (
             Cause.CREDENTIALS,
             (
                 f"HTTP {status}: the central endpoint rejected the credentials;"
                 " check central.token_file and the client certificate"
             ),
+        )
+    elif status in ENDPOINT_STATUSES:
+        cause, reason = (
+            Cause.ENDPOINT,
+            (
+                f"HTTP {status} from the central endpoint: the request itself was refused,"
+                f" not its records; check central.url and the receiver's configuration: {excerpt}"
+            ).rstrip(": "),
         )
     elif status == 429:
         cause, reason = Cause.THROTTLED, "HTTP 429: the central endpoint is throttling"

@@ -39,9 +39,7 @@ SOURCE_URI = event_source(SITE, GATEWAY, SOURCE)
 T0 = dt.datetime(2026, 12, 4, 6, 0, tzinfo=dt.UTC)
 
 
-def make_records(
-    count: int, *, lane: Lane = Lane.TELEMETRY, source: str = SOURCE, start: int = 0
-) -> list[Record]:
+def make_records(count: int, *, lane: Lane = Lane.TELEMETRY, source: str = SOURCE, start: int = 0) -> list[Record]:
     return [
         Record(
             id=record_id(source, lane.label, index),
@@ -87,6 +85,13 @@ async def wait_until(condition: Callable[[], bool], limit_s: float = 15.0) -> No
     async with asyncio.timeout(limit_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def wait_drained(outbox: Outbox, forwarder: Forwarder, count: int, limit_s: float = 15.0) -> None:
+    """Wait until the outbox is empty and the forwarder has counted `count` records as delivered or
+    dead-lettered. The outbox empties a moment before the forwarder updates its status."""
+    status = forwarder.status
+    await wait_until(lambda: outbox.depth() == 0 and status.delivered_records + status.dead_lettered >= count, limit_s)
 
 
 def dead_letters(outbox_path: Path) -> list[tuple[str, int | None, str]]:
@@ -167,6 +172,7 @@ FAULT_CASES = [
     FaultCase("400 rejects one record", reject_record_3, {3}, min_retries=0, dead_letter_status=400),
     FaultCase("401 retries, never dead-letters", fail_with(401, times=3), min_retries=3),
     FaultCase("403 retries, never dead-letters", fail_with(403, times=3), min_retries=3),
+    FaultCase("404 retries, never dead-letters", fail_with(404, times=3), min_retries=3),
     FaultCase("slow response past the timeout", slow_past_timeout, central={"timeout_s": 0.3}),
     FaultCase("connection reset mid-response", reset_mid_response, min_retries=2),
     FaultCase("stored, then no reply", stored_then_hangs, min_duplicates=10, central={"timeout_s": 0.3}),
@@ -180,7 +186,7 @@ async def test_forward_survives_receiver_fault(case, tmp_path, outbox, receiver)
     await outbox.append(records)
 
     async with forwarding(outbox, central_for(receiver.url, **case.central)) as forwarder:
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, len(records))
         await wait_until(lambda: receiver.stats().duplicates >= case.min_duplicates)
     status = forwarder.status
 
@@ -215,7 +221,7 @@ async def test_forward_keeps_records_on_503(outbox, receiver):
         assert forwarder.status.last_error == "HTTP 503 from the central endpoint"
 
         receiver.clear_faults()
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 5)
 
     assert receiver.stats().unique_events == 5
     assert forwarder.status.consecutive_failures == 0
@@ -226,7 +232,7 @@ async def test_forward_413_lowers_batch_limit(outbox, receiver):
     await outbox.append(make_records(40))
 
     async with forwarding(outbox, central_for(receiver.url, batch_max_records=40)) as forwarder:
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 40)
 
     assert forwarder.limits.max_records == 20
     assert receiver.stats().unique_events == 40
@@ -239,7 +245,7 @@ async def test_forward_413_single_record_dead_lettered(tmp_path, outbox, receive
     await outbox.append(records)
 
     async with forwarding(outbox, central_for(receiver.url)) as forwarder:
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 1)
 
     assert forwarder.status.dead_lettered == 1
     letters = dead_letters(tmp_path / "outbox.sqlite")
@@ -255,7 +261,7 @@ async def test_forward_timeout_keeps_records(outbox, receiver):
         assert outbox.depth() == 3
         assert "central.timeout_s" in (forwarder.status.last_error or "")
         receiver.clear_faults()
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 3)
 
 
 async def test_forward_409_counts_as_delivered(outbox, receiver):
@@ -263,7 +269,7 @@ async def test_forward_409_counts_as_delivered(outbox, receiver):
     await outbox.append(make_records(4))
 
     async with forwarding(outbox, central_for(receiver.url)) as forwarder:
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 4)
 
     # The 409 acknowledged the batch without storing, as a receiver that already has it responds.
     assert forwarder.status.delivered_records == 4
@@ -279,8 +285,8 @@ async def test_forward_delivers_lanes_in_priority(outbox, receiver):
     await outbox.append(events)
     await outbox.append(transactions)
 
-    async with forwarding(outbox, central_for(receiver.url, batch_max_records=2)):
-        await wait_until(lambda: outbox.depth() == 0)
+    async with forwarding(outbox, central_for(receiver.url, batch_max_records=2)) as forwarder:
+        await wait_drained(outbox, forwarder, 10)
 
     order = [item.type.split(".")[2] for item in receiver.events()]
     assert order == ["transaction"] * 3 + ["event"] * 2 + ["telemetry"] * 5
@@ -294,7 +300,7 @@ async def test_forward_batches_by_bytes(outbox, receiver):
     limit = records[0].size * 3
 
     async with forwarding(outbox, central_for(receiver.url, batch_max_bytes=limit)) as forwarder:
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 12)
 
     assert forwarder.status.batches_sent == 4
     assert receiver.stats().accepted_requests == 4
@@ -304,8 +310,8 @@ async def test_forward_sends_gzip_and_same_key_on_retry(outbox, receiver):
     receiver.reset(times=1, store_first=True)
     await outbox.append(make_records(6))
 
-    async with forwarding(outbox, central_for(receiver.url, gzip=True)):
-        await wait_until(lambda: outbox.depth() == 0)
+    async with forwarding(outbox, central_for(receiver.url, gzip=True)) as forwarder:
+        await wait_drained(outbox, forwarder, 6)
 
     stats = receiver.stats()
     assert stats.gzip_requests == 2
@@ -319,7 +325,7 @@ async def test_forward_wakes_on_wake_call(outbox, receiver):
         await asyncio.sleep(0.05)
         await outbox.append(make_records(2))
         forwarder.wake()
-        await wait_until(lambda: outbox.depth() == 0, limit_s=5)
+        await wait_drained(outbox, forwarder, 2, limit_s=5)
 
 
 async def test_forward_logs_outage_once(outbox, receiver, caplog):
@@ -330,7 +336,7 @@ async def test_forward_logs_outage_once(outbox, receiver, caplog):
     async with forwarding(outbox, central_for(receiver.url)) as forwarder:
         await wait_until(lambda: forwarder.status.retries >= 5)
         await receiver.come_up()
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 2)
 
     messages = [record.getMessage() for record in caplog.records if record.name == "agent.forwarder"]
     assert len([text for text in messages if "unavailable" in text]) == 1
@@ -342,8 +348,8 @@ async def test_forward_401_logged_as_error(outbox, receiver, caplog):
     await outbox.append(make_records(2))
     caplog.set_level(logging.INFO, logger="agent.forwarder")
 
-    async with forwarding(outbox, central_for(receiver.url)):
-        await wait_until(lambda: outbox.depth() == 0)
+    async with forwarding(outbox, central_for(receiver.url)) as forwarder:
+        await wait_drained(outbox, forwarder, 2)
 
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert len(errors) == 1
@@ -365,7 +371,7 @@ async def test_forward_sends_token_and_rereads_file(tmp_path, outbox):
             assert "old-token" not in (forwarder.status.last_error or "")
 
             token_file.write_text("new-token\n")
-            await wait_until(lambda: outbox.depth() == 0)
+            await wait_drained(outbox, forwarder, 3)
 
         assert receiver.stats().unique_events == 3
 
@@ -380,7 +386,7 @@ async def test_forward_missing_token_file_retries(tmp_path, outbox, receiver):
         assert receiver.stats().requests == 0
 
         token_file.write_text("any")
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 2)
 
 
 @dataclass
@@ -395,9 +401,7 @@ def make_certificates(folder: Path, *, require_client_cert: bool = False) -> Cer
     """Make a CA, a server certificate for 127.0.0.1 and a client certificate, all as PEM files."""
     now = dt.datetime.now(dt.UTC)
 
-    def issue(
-        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer, *, ca: bool, san=None
-    ):
+    def issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer, *, ca: bool, san=None):
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -456,8 +460,8 @@ async def test_forward_rejects_unverified_certificate(tmp_path, outbox):
         assert receiver.stats().requests == 0
         assert "central.ca_file" in (forwarder.status.last_error or "")
 
-        async with forwarding(outbox, central_for(receiver.url, ca_file=certificates.ca_file)):
-            await wait_until(lambda: outbox.depth() == 0)
+        async with forwarding(outbox, central_for(receiver.url, ca_file=certificates.ca_file)) as forwarder:
+            await wait_drained(outbox, forwarder, 3)
         assert receiver.stats().unique_events == 3
 
 
@@ -477,8 +481,8 @@ async def test_forward_presents_client_certificate(tmp_path, outbox):
             client_cert_file=certificates.client_cert_file,
             client_key_file=certificates.client_key_file,
         )
-        async with forwarding(outbox, mutual):
-            await wait_until(lambda: outbox.depth() == 0)
+        async with forwarding(outbox, mutual) as forwarder:
+            await wait_drained(outbox, forwarder, 2)
         assert receiver.stats().unique_events == 2
 
 
@@ -502,7 +506,7 @@ async def test_forward_status_snapshot_fields(outbox, receiver):
     await outbox.append(make_records(2))
     async with forwarding(outbox, central_for(receiver.url)) as forwarder:
         assert forwarder.status.snapshot()["wan_state"] == "unknown"
-        await wait_until(lambda: outbox.depth() == 0)
+        await wait_drained(outbox, forwarder, 2)
         snapshot = forwarder.status.snapshot()
 
     assert snapshot["wan_state"] == "up"

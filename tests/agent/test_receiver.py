@@ -63,9 +63,7 @@ async def test_receiver_stores_each_event_once(receiver):
 
 
 async def test_receiver_keys_events_by_source_and_id(receiver):
-    await post(
-        receiver.url, [event("same", source="/plantgate/s/g/one"), event("same", source="/plantgate/s/g/two")]
-    )
+    await post(receiver.url, [event("same", source="/plantgate/s/g/one"), event("same", source="/plantgate/s/g/two")])
 
     assert receiver.stats().unique_events == 2
     assert [item.source for item in receiver.events()] == ["/plantgate/s/g/one", "/plantgate/s/g/two"]
@@ -206,9 +204,7 @@ async def test_receiver_reset_cuts_response(receiver):
 async def test_receiver_stats_and_control_endpoints(receiver):
     base = receiver.base_url
     async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{base}/v1/control", json={"action": "fail", "status": 429, "times": 1}
-        ) as reply:
+        async with session.post(f"{base}/v1/control", json={"action": "fail", "status": 429, "times": 1}) as reply:
             assert reply.status == 200
         async with session.post(receiver.url, json=[event("c")]) as response:
             assert response.status == 429

@@ -57,9 +57,14 @@ def stored(index: int, *, lane: Lane = Lane.TELEMETRY, source_time: datetime | N
         (409, Action.ACKNOWLEDGE, Cause.NONE),
         (413, Action.SPLIT, Cause.NONE),
         (400, Action.REJECT, Cause.NONE),
-        (404, Action.REJECT, Cause.NONE),
-        (415, Action.REJECT, Cause.NONE),
         (422, Action.REJECT, Cause.NONE),
+        (412, Action.REJECT, Cause.NONE),
+        (451, Action.REJECT, Cause.NONE),
+        (404, Action.RETRY, Cause.ENDPOINT),
+        (405, Action.RETRY, Cause.ENDPOINT),
+        (415, Action.RETRY, Cause.ENDPOINT),
+        (431, Action.RETRY, Cause.ENDPOINT),
+        (407, Action.RETRY, Cause.CREDENTIALS),
         (401, Action.RETRY, Cause.CREDENTIALS),
         (403, Action.RETRY, Cause.CREDENTIALS),
         (408, Action.RETRY, Cause.SERVER),
@@ -104,6 +109,12 @@ def test_rejection_keeps_body_start():
 def test_credentials_reason_names_fix():
     decision = classify_status(401, retry_after=None, attempt=0, policy=POLICY, now=NOW)
     assert "central.token_file" in decision.reason
+
+
+def test_endpoint_reason_names_url_setting():
+    decision = classify_status(404, retry_after=None, attempt=0, policy=POLICY, now=NOW, body="no route /v2/evts")
+    assert "central.url" in decision.reason
+    assert decision.reason.endswith("no route /v2/evts")
 
 
 @pytest.mark.parametrize(
