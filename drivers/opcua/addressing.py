@@ -52,9 +52,7 @@ def parse_node_id(text: str, namespaces: Sequence[str]) -> ua.NodeId:
     try:
         return ua.NodeId.from_string(rest)
     except (ValueError, ua.UaStringParsingError) as error:
-        raise AddressError(
-            text, f"not a node id ({error}); expected for example 'ns=2;s=Line1.Speed'"
-        ) from error
+        raise AddressError(text, f"not a node id ({error}); expected for example 'ns=2;s=Line1.Speed'") from error
 
 
 def browse_names(node: OpcUaNode, namespaces: Sequence[str]) -> list[ua.QualifiedName]:
@@ -110,9 +108,7 @@ async def resolve(client: Client, node: OpcUaNode, namespaces: Sequence[str]) ->
     return ResolvedNode(node, child.nodeid)
 
 
-async def resolve_all(
-    client: Client, nodes: Sequence[OpcUaNode]
-) -> tuple[list[ResolvedNode], list[AddressError]]:
+async def resolve_all(client: Client, nodes: Sequence[OpcUaNode]) -> tuple[list[ResolvedNode], list[AddressError]]:
     """Resolve every node; the ones that fail are returned as errors so the others keep flowing."""
     namespaces = await client.get_namespace_array()
     resolved: list[ResolvedNode] = []

@@ -98,9 +98,7 @@ def data_change_filter(settings: ItemSettings) -> ua.DataChangeFilter | None:
     return data_filter
 
 
-def monitored_item_request(
-    node_id: ua.NodeId, handle: int, settings: ItemSettings
-) -> ua.MonitoredItemCreateRequest:
+def monitored_item_request(node_id: ua.NodeId, handle: int, settings: ItemSettings) -> ua.MonitoredItemCreateRequest:
     parameters = ua.MonitoringParameters()
     parameters.ClientHandle = handle
     parameters.SamplingInterval = settings.sampling_interval_ms

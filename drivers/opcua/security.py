@@ -66,9 +66,7 @@ def thumbprint(der: bytes) -> str:
     return hashlib.sha1(der, usedforsecurity=False).hexdigest()
 
 
-def ensure_application_certificate(
-    pki: PkiPaths, application_uri: str, *, hostname: str | None = None
-) -> None:
+def ensure_application_certificate(pki: PkiPaths, application_uri: str, *, hostname: str | None = None) -> None:
     """Create the PKI folders and, if missing, a self-signed application instance certificate.
 
     The certificate carries the application URI in subjectAltName (OPC UA Part 6, 6.2.2), which
@@ -98,9 +96,7 @@ def ensure_application_certificate(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CERTIFICATE_DAYS))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(application_uri), x509.DNSName(hostname)]
-            ),
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(application_uri), x509.DNSName(hostname)]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -182,9 +178,7 @@ def select_endpoint(
     for endpoint in endpoints:
         if endpoint.SecurityPolicyUri == policy_uri and endpoint.SecurityMode == MODES[mode]:
             return endpoint
-    offered = sorted(
-        {f"{item.SecurityPolicyUri.rsplit('#', 1)[-1]}/{item.SecurityMode.name}" for item in endpoints}
-    )
+    offered = sorted({f"{item.SecurityPolicyUri.rsplit('#', 1)[-1]}/{item.SecurityMode.name}" for item in endpoints})
     raise SecurityRejected(
         f"{endpoint_url} offers no endpoint with security policy {policy} and mode {mode}; "
         f"it offers {', '.join(offered)}: change security.policy and security.mode to one of these"

@@ -38,9 +38,7 @@ class OpcUaSession:
     reached and `security.SecurityRejected` when it cannot be reached securely as configured.
     """
 
-    def __init__(
-        self, config: OpcUaSourceConfig, *, probe_interval_s: float, session_timeout_s: float
-    ) -> None:
+    def __init__(self, config: OpcUaSourceConfig, *, probe_interval_s: float, session_timeout_s: float) -> None:
         self.config = config
         self.probe_interval_s = probe_interval_s
         self.session_timeout_s = session_timeout_s
@@ -49,9 +47,7 @@ class OpcUaSession:
         self.client: Client | None = None
 
     async def __aenter__(self) -> OpcUaSession:
-        client = Client(
-            self.config.endpoint, timeout=self.config.timeout_s, watchdog_intervall=self.probe_interval_s
-        )
+        client = Client(self.config.endpoint, timeout=self.config.timeout_s, watchdog_intervall=self.probe_interval_s)
         client.session_timeout = int(self.session_timeout_s * 1000)
         client.name = client.description = "plantgate"
         client.application_uri = self.config.security.application_uri

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import Server, ua
@@ -113,10 +114,12 @@ class OpcUaSimulator:
             await self.server.stop()
 
     async def write(self, name: str, value: Any, status: int = ua.StatusCodes.Good) -> None:
-        """Set one variable now, with the given status code (to produce Bad or Uncertain values)."""
+        """Set one variable, stamped now, with the given status code (to produce Bad or Uncertain values)."""
         _, variant_type = DEMO_VARIABLES.get(name, (None, None))
         variant = ua.Variant(value, variant_type) if variant_type else ua.Variant(value)
-        await self.variables[name].write_value(ua.DataValue(variant, StatusCode=ua.StatusCode(status)))
+        now = datetime.now(UTC)
+        data_value = ua.DataValue(variant, StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now)
+        await self.variables[name].write_value(data_value)
 
     async def _update_loop(self) -> None:
         step = 0

@@ -252,9 +252,7 @@ class OpcUaSource(Source):
                 await self.clock.sleep(STORE_RETRY_S)
                 continue
             except OutboxFull as error:
-                log.warning(
-                    "source %s: outbox full, %d record(s) not stored: %s", self.name, len(records), error
-                )
+                log.warning("source %s: outbox full, %d record(s) not stored: %s", self.name, len(records), error)
                 self.status.details["changes_dropped"] += len(records)
                 return
             break
@@ -271,9 +269,7 @@ class OpcUaSource(Source):
         self.status.details["changes_dropped"] += dropped
         total = self.status.details["changes_dropped"]
         if total >= 2 * max(self._dropped_reported, 1):
-            log.warning(
-                "source %s: %d value change(s) dropped so far: the outbox could not keep up", self.name, total
-            )
+            log.warning("source %s: %d value change(s) dropped so far: the outbox could not keep up", self.name, total)
             self._dropped_reported = total
 
     def _report_unresolved(self, failed: Sequence[AddressError], *, append: bool = False) -> None:

@@ -110,9 +110,7 @@ async def subscribe_group(
         results = await active.subscription.create_monitored_items([request for request, _ in chunk])
         for (request, target), result in zip(chunk, results, strict=True):
             if isinstance(result, ua.StatusCode):
-                active.failed.append(
-                    AddressError(target.config.address, f"monitored item rejected: {result.name}")
-                )
+                active.failed.append(AddressError(target.config.address, f"monitored item rejected: {result.name}"))
             else:
                 active.items[request.RequestedParameters.ClientHandle] = target
     return active
@@ -130,9 +128,7 @@ def event_filter(fields: list[str], event_type: ua.NodeId) -> ua.EventFilter:
     return event_filter
 
 
-async def subscribe_events(
-    client: Client, config: OpcUaSourceConfig, namespaces: list[str]
-) -> ActiveSubscription:
+async def subscribe_events(client: Client, config: OpcUaSourceConfig, namespaces: list[str]) -> ActiveSubscription:
     """One subscription for every configured event notifier."""
     active = await open_subscription(client, "events", config, config.publishing_interval_ms)
     for handle, spec in enumerate(config.events, start=100_001):

@@ -151,9 +151,7 @@ def datachange_record(
 EVENT_KIND = "opcua.event"
 
 
-def event_record(
-    source: str, subject: str, notifier: str, fields: dict[str, Any], captured_at: datetime
-) -> Record:
+def event_record(source: str, subject: str, notifier: str, fields: dict[str, Any], captured_at: datetime) -> Record:
     """Build the event-lane record for one event notification with its selected fields.
 
     The id comes from the EventId field, which the server makes unique per event (OPC UA
