@@ -74,7 +74,8 @@ class Fault:
 class Receiver:
     """The stand-in receiver. Use as `async with Receiver(db_path, host=..., port=0) as receiver:`.
 
-    `url` is the events endpoint, stable across `go_down` (the port is kept). `token`, if
+    `port` 0 or None picks a free port. `url` is the events endpoint, stable across `go_down`
+    (the port is kept). `token`, if
     set, is the bearer token every request must carry; `ssl_context` makes it serve HTTPS.
     """
 
@@ -83,13 +84,13 @@ class Receiver:
         db_path: Path | str,
         *,
         host: str = "127.0.0.1",
-        port: int = 0,
+        port: int | None = 0,
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.host = host
-        self.port = port
+        self.port = port or 0
         self.token = token
         self.ssl_context = ssl_context
         self.fault: Fault | None = None
