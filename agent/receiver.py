@@ -75,8 +75,8 @@ class Receiver:
     """The stand-in receiver. Use as `async with Receiver(db_path, host=..., port=0) as receiver:`.
 
     `port` 0 or None picks a free port. `url` is the events endpoint, stable across `go_down`
-    (the port is kept). `token`, if
-    set, is the bearer token every request must carry; `ssl_context` makes it serve HTTPS.
+    (the port is kept). `token`, if set, is the bearer token every request must carry, and
+    `ssl_context` makes the receiver serve HTTPS.
     """
 
     def __init__(
