@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.central_client import CentralClient, DeliveryFailed
 from agent.config import CentralSection
+from outbox.backoff import backoff_delay
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.delivery import (
     Action,
@@ -125,6 +126,7 @@ class Forwarder:
         )
         self._rng = rng or random.Random()
         self._last_outage_log = 0.0
+        self._outbox_failures = 0
 
     def wake(self) -> None:
         """Wake the loop: records were appended."""
@@ -150,12 +152,18 @@ class Forwarder:
                 self._mark_progress()
                 await self._wait_for_records()
                 return None
-            return await self._deliver(client, batch)
+            delay = await self._deliver(client, batch)
         except Exception as error:
-            # An outbox error must not end delivery: the records are still on disk.
-            log.exception("forwarder step failed; retrying", extra={"error": repr(error)})
-            self.status.last_error = f"outbox: {error}"
-            return self._policy.initial_s
+            # An outbox error must not end delivery: the records are still on disk. The first
+            # failure and each new message are logged with the traceback, repeats only counted.
+            message = f"outbox: {type(error).__name__}: {error}"
+            if message != self.status.last_error:
+                log.exception("forwarder failed to read or update the outbox; retrying with backoff")
+            self.status.last_error = message
+            self._outbox_failures += 1
+            return backoff_delay(self._outbox_failures - 1, self._policy.initial_s, self._policy.max_s, self._rng)
+        self._outbox_failures = 0
+        return delay
 
     async def _deliver(self, client: CentralClient, batch: list[StoredRecord]) -> float | None:
         """Send one batch chunk by chunk. Return the retry delay if a retryable outcome stopped it."""

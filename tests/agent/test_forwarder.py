@@ -536,6 +536,20 @@ async def test_forward_missing_ca_file_retries(tmp_path, outbox):
         assert "central.ca_file" in (forwarder.status.last_error or "")
 
 
+async def test_forward_survives_closed_outbox(tmp_path, receiver, caplog):
+    caplog.set_level(logging.INFO, logger="agent.forwarder")
+    async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        async with forwarding(outbox, central_for(receiver.url)) as forwarder:
+            await outbox.close()
+            await wait_until(lambda: forwarder.status.last_error is not None)
+            await asyncio.sleep(0.3)
+            errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+
+    assert (forwarder.status.last_error or "").startswith("outbox: OutboxUnavailable")
+    assert len(errors) == 1
+    assert "outbox" in errors[0].getMessage()
+
+
 # -- status ---------------------------------------------------------------------------------
 
 
