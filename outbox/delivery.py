@@ -205,6 +205,9 @@ def encode_event(stored: StoredRecord, *, site: str, gateway_id: str) -> str:
         "quality": record.quality,
         "capturedtime": format_time(record.captured_at),
     }
+    if not record.subject:
+        # CloudEvents 1.0 requires `subject`, when present, to be a non-empty string.
+        del attributes["subject"]
     head = json.dumps(attributes, separators=(",", ":"), ensure_ascii=False)
     return f'{head[:-1]},"data":{record.payload_json}}}'
 

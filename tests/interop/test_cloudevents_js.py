@@ -46,13 +46,15 @@ def parse_with_sdk(project: Path, body: bytes, content_type: str = CONTENT_TYPE)
     )
 
 
-def stored(index: int, *, lane: Lane, source_time: datetime | None, payload: dict) -> StoredRecord:
+def stored(
+    index: int, *, lane: Lane, source_time: datetime | None, payload: dict, subject: str | None = None
+) -> StoredRecord:
     record = Record(
         id=record_id("line1", lane.label, index),
         source="line1-opcua",
         lane=lane,
         kind="opcua.datachange" if lane is Lane.TELEMETRY else "mes.goods_movement",
-        subject=f"ns=2;s=Line1.Item{index}",
+        subject=f"ns=2;s=Line1.Item{index}" if subject is None else subject,
         source_time=source_time,
         captured_at=T0 + timedelta(seconds=index, microseconds=1500),
         quality=Quality.UNCERTAIN,
@@ -66,6 +68,7 @@ def test_sdk_accepts_forwarded_batch(sdk_project):
         stored(1, lane=Lane.TRANSACTION, source_time=T0, payload={"order": "4711", "quantity": 12}),
         stored(2, lane=Lane.TELEMETRY, source_time=None, payload={"value": float("nan"), "unit": "°C"}),
         stored(3, lane=Lane.EVENT, source_time=T0, payload={"nested": {"list": [1, 2.5, None, True]}}),
+        stored(4, lane=Lane.EVENT, source_time=T0, payload={}, subject=""),
     ]
     body = encode_batch(records, site="plant-a", gateway_id="gw-01")
 
