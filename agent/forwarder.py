@@ -59,6 +59,7 @@ OUTAGE_SUMMARY_INTERVAL_S = 600.0
 class ForwarderStatus:
     """Delivery state for /status and /metrics. The forwarder updates it in place.
 
+    `last_error` keeps the last failure after recovery; `wan_state` tells whether it is current.
     `batches_sent` counts POST requests, bisection steps included. `retries` counts attempts
     that ended in a retry. `last_progress_monotonic` is the monotonic time of the loop's last
     step (an attempt or an idle check). While backing off, `next_attempt_monotonic` is when

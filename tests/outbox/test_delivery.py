@@ -122,10 +122,10 @@ def test_endpoint_reason_names_url_setting():
     ("status", "retry_after", "expected"),
     [
         (503, "7", 7.0),
-        (429, "0", 0.0),
+        (429, "0", 1.0),
         (503, "3600", 60.0),
         (503, "Fri, 04 Dec 2026 20:00:30 GMT", 30.0),
-        (429, "Fri, 04 Dec 2026 19:00:00 GMT", 0.0),
+        (429, "Fri, 04 Dec 2026 19:00:00 GMT", 1.0),
         (503, "Sat, 05 Dec 2026 20:00:00 GMT", 60.0),
     ],
 )
