@@ -98,6 +98,7 @@ class Receiver:
         self._runner: web.AppRunner | None = None
         self._task_group: asyncio.TaskGroup | None = None
         self._reopen: asyncio.Task[None] | None = None
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -120,6 +121,8 @@ class Receiver:
         if self._reopen is not None:
             self._reopen.cancel()
             self._reopen = None
+        for task in self._control_tasks:
+            task.cancel()
         if self._task_group is not None:
             task_group, self._task_group = self._task_group, None
             await task_group.__aexit__(None, None, None)
@@ -237,9 +240,7 @@ class Receiver:
         """
         self.fault = Fault(kind="stall", delay_s=delay_s, store_first=store_first, **_window(seconds, times))
 
-    def reset(
-        self, seconds: float | None = None, *, times: int | None = None, store_first: bool = False
-    ) -> None:
+    def reset(self, seconds: float | None = None, *, times: int | None = None, store_first: bool = False) -> None:
         """Send the status line, headers and part of the body, then reset the connection."""
         self.fault = Fault(kind="reset", store_first=store_first, **_window(seconds, times))
 
@@ -271,9 +272,7 @@ class Receiver:
         if "gzip" in request.headers.get("Content-Encoding", "").lower():
             ledger.count("gzip_requests")
 
-        if self.token is not None and not _bearer_matches(
-            request.headers.get("Authorization", ""), self.token
-        ):
+        if self.token is not None and not _bearer_matches(request.headers.get("Authorization", ""), self.token):
             ledger.count("unauthorized_requests")
             return web.json_response({"error": "missing or invalid bearer token"}, status=401)
 
@@ -297,9 +296,7 @@ class Receiver:
             fault.remaining -= 1
         return fault
 
-    async def _misbehave(
-        self, request: web.Request, fault: Fault, events: list[dict[str, Any]]
-    ) -> web.StreamResponse:
+    async def _misbehave(self, request: web.Request, fault: Fault, events: list[dict[str, Any]]) -> web.StreamResponse:
         if fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
             rejected = sorted(fault.reject_ids.intersection(event["id"] for event in events))
@@ -358,9 +355,7 @@ class Receiver:
                 reject_ids=list(command.get("reject_ids", [])),
             )
         elif action == "stall":
-            self.stall(
-                float(command["delay_s"]), **window, store_first=bool(command.get("store_first", False))
-            )
+            self.stall(float(command["delay_s"]), **window, store_first=bool(command.get("store_first", False)))
         elif action == "reset":
             self.reset(**window, store_first=bool(command.get("store_first", False)))
         elif action == "clear":
@@ -368,14 +363,14 @@ class Receiver:
         elif action == "down":
             seconds = command.get("seconds")
             if seconds is None:
-                raise ValueError(
-                    "'down' needs 'seconds', or the receiver could not be brought back over HTTP"
-                )
+                raise ValueError("'down' needs 'seconds', or the receiver could not be brought back over HTTP")
             task_group = self._task_group
             if task_group is None:
                 raise ValueError("the receiver is closing")
             # Reply first: going down closes this very connection.
-            task_group.create_task(self._go_down_soon(float(seconds)))
+            task = task_group.create_task(self._go_down_soon(float(seconds)), name="receiver-control-down")
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
         else:
             raise ValueError(f"unknown action {action!r}; expected fail, stall, reset, clear or down")
         return web.json_response({"ok": True, "action": action})
