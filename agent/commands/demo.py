@@ -107,6 +107,7 @@ async def _narrate(agent: Any, receiver: Any, args: argparse.Namespace) -> None:
         await asyncio.sleep(2.0)
 
     print("\n== capture ends; waiting for the backlog to drain ==\n")
+    await agent.stop_sources()
     deadline = loop.time() + 60
     while agent.outbox.depth() > 0 and loop.time() < deadline:
         await _print_line(agent, receiver, loop.time() - started)
