@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -80,7 +80,7 @@ class Agent:
         self.on_ready: list[Callable[[Agent], Awaitable[None] | None]] = []
         self.on_stopping: list[Callable[[Agent], Awaitable[None] | None]] = []
         # Extra long-lived tasks (for example the systemd watchdog), started beside the forwarder.
-        self.services: list[Callable[[Agent], Awaitable[None]]] = []
+        self.services: list[Callable[[Agent], Coroutine[Any, Any, None]]] = []
         self._source_tasks: list[asyncio.Task[None]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -115,7 +115,9 @@ class Agent:
         assert self.forwarder is not None and self.sink is not None
         async with asyncio.TaskGroup() as core:
             forwarder_task = core.create_task(self.forwarder.run(), name="forwarder")
-            service_tasks = [core.create_task(service(self), name="service") for service in self.services]
+            service_tasks: list[asyncio.Task[None]] = [
+                core.create_task(service(self), name="service") for service in self.services
+            ]
             async with asyncio.TaskGroup() as producers:
                 self._source_tasks = [
                     producers.create_task(self._run_source(source, self.sink), name=f"source-{source.name}")
