@@ -66,11 +66,10 @@ def _outbox_override(path: Path, data_dir: Path) -> dict[str, Any]:
 async def _demo(settings: Any, data_dir: Path, args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
-    from drivers.modbus.simulator import ModbusSimulator
-    from drivers.opcua.simulator import OpcUaSimulator
-
     from agent.receiver import Receiver
     from agent.supervisor import Agent
+    from drivers.modbus.simulator import ModbusSimulator
+    from drivers.opcua.simulator import OpcUaSimulator
 
     opcua_port = urlsplit(next(s.endpoint for s in settings.sources if s.type == "opcua")).port
     modbus_port = next(s.port for s in settings.sources if s.type == "modbus")

@@ -83,7 +83,7 @@ async def forwarding(outbox: Outbox, central: CentralSection) -> AsyncIterator[F
 async def wait_until(condition: Callable[[], bool], limit_s: float = 15.0) -> None:
     """Poll `condition` until it is true. The outbox and receiver offer no event to wait on."""
     async with asyncio.timeout(limit_s):
-        while not condition():  # noqa: ASYNC110
+        while not condition():
             await asyncio.sleep(0.01)
 
 
