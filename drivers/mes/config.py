@@ -20,7 +20,7 @@ class MesHttpConfig(StrictModel):
     listen: str = Field(
         default="127.0.0.1",
         min_length=1,
-        description="address to bind; loopback by default, a plant network interface address when the MES is remote",
+        description="address to bind: loopback by default, or an address of the plant network interface",
     )
     port: int = Field(default=8788, ge=0, le=65535, description="TCP port; 0 picks a free one")
     token_file: ConfigPath = Field(description="file holding the bearer token the MES sends")
@@ -66,7 +66,7 @@ class MesDropConfig(StrictModel):
     temporary_suffixes: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPORARY_SUFFIXES))
     legacy_encoding: str | None = Field(
         default=None,
-        description="encoding of files that have no byte order mark and are not valid UTF-8, such as 'cp1252'",
+        description="encoding of files without byte order mark that are not UTF-8, such as 'cp1252'",
     )
     max_file_bytes: ByteSize = Field(default=ByteSize(64 * 1024**2), gt=0)
     csv: list[CsvMapping] = Field(default_factory=list, description="first matching pattern wins")

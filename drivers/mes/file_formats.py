@@ -206,7 +206,7 @@ def parse_file(name: str, data: bytes, config: MesDropConfig) -> list[Item]:
             raise BatchInvalid(
                 [
                     Problem(
-                        f"no drop.csv mapping matches {name!r} (patterns: {patterns}); add one naming its type"
+                        f"no drop.csv mapping matches {name!r} (patterns: {patterns}); add one with its type"
                     )
                 ],
                 syntax=True,

@@ -158,7 +158,7 @@ class TransactionApi:
             401,
             "unauthorized",
             "Unauthorized",
-            "send the header 'Authorization: Bearer <token>' with the token from the source's http.token_file",
+            "send the header 'Authorization: Bearer <token>' with the token in the source's http.token_file",
             headers={"WWW-Authenticate": f'Bearer realm="plantgate"{error}'},
         )
 
@@ -241,7 +241,8 @@ class TransactionApi:
             503,
             "outbox-unavailable",
             "Service Unavailable",
-            f"{error}. Nothing of this request was stored; keep the transactions and retry after {retry_after_s} s.",
+            f"{error}. Nothing of this request was stored; keep the transactions and retry "
+            f"after {retry_after_s} s.",
             headers={"Retry-After": str(retry_after_s)},
         )
 

@@ -95,7 +95,7 @@ TransactionId = Annotated[
 class TransactionBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="version of this schema")
+    schema_version: Literal[1] = Field(default=1, description="version of this schema")
     transaction_id: TransactionId
 
     @property
