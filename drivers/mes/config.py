@@ -79,9 +79,7 @@ class MesDropConfig(StrictModel):
         try:
             codecs.lookup(value)
         except LookupError:
-            raise ValueError(
-                f"unknown encoding {value!r}; use a Python codec name such as 'cp1252'"
-            ) from None
+            raise ValueError(f"unknown encoding {value!r}; use a Python codec name such as 'cp1252'") from None
         return value
 
 
@@ -93,9 +91,7 @@ class MesSourceConfig(SourceConfigBase):
     @model_validator(mode="after")
     def _some_input(self) -> MesSourceConfig:
         if self.http is None and self.drop is None:
-            raise ValueError(
-                "configure [http], [drop] or both; an MES source without an input receives nothing"
-            )
+            raise ValueError("configure [http], [drop] or both; an MES source without an input receives nothing")
         return self
 
     def describe(self) -> str:

@@ -28,9 +28,7 @@ SUPPORTED_SUFFIXES = JSON_SUFFIXES + JSON_LINES_SUFFIXES + CSV_SUFFIXES
 def _decimal_fields(model: type) -> frozenset[str]:
     fields = model.model_fields  # type: ignore[attr-defined]
     return frozenset(
-        name
-        for name, info in fields.items()
-        if Decimal in (info.annotation, *typing.get_args(info.annotation))
+        name for name, info in fields.items() if Decimal in (info.annotation, *typing.get_args(info.annotation))
     )
 
 
@@ -44,9 +42,7 @@ def decode(data: bytes, legacy_encoding: str | None) -> tuple[str, str]:
     else it is decoded with `legacy_encoding` when one is configured. Raises BatchInvalid.
     """
     if data.startswith(codecs.BOM_UTF8):
-        return _decode_or_reject(
-            data[len(codecs.BOM_UTF8) :], "utf-8", "UTF-8 (byte order mark)", ""
-        ), "utf-8-sig"
+        return _decode_or_reject(data[len(codecs.BOM_UTF8) :], "utf-8", "UTF-8 (byte order mark)", ""), "utf-8-sig"
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return _decode_or_reject(data, "utf-16", "UTF-16 (byte order mark)", ""), "utf-16"
     if legacy_encoding is None:
@@ -74,9 +70,7 @@ def _decode_or_reject(data: bytes, codec: str, label: str, hint: str) -> str:
 def find_csv_mapping(name: str, mappings: typing.Sequence[CsvMapping]) -> CsvMapping | None:
     """The first mapping whose pattern matches the file name, ignoring case."""
     lowered = name.lower()
-    return next(
-        (mapping for mapping in mappings if fnmatch.fnmatchcase(lowered, mapping.pattern.lower())), None
-    )
+    return next((mapping for mapping in mappings if fnmatch.fnmatchcase(lowered, mapping.pattern.lower())), None)
 
 
 def parse_csv(text: str, mapping: CsvMapping) -> list[Item]:
@@ -90,9 +84,7 @@ def parse_csv(text: str, mapping: CsvMapping) -> list[Item]:
     try:
         header = next(reader, None)
     except csv.Error as error:
-        raise BatchInvalid(
-            [Problem(f"invalid CSV header: {error}", line=reader.line_num)], syntax=True
-        ) from None
+        raise BatchInvalid([Problem(f"invalid CSV header: {error}", line=reader.line_num)], syntax=True) from None
     if header is None or not any(cell.strip() for cell in header):
         raise BatchInvalid(
             [Problem("empty file: a header row and at least one data row are required", line=1)], syntax=True
@@ -120,8 +112,7 @@ def parse_csv(text: str, mapping: CsvMapping) -> list[Item]:
         if len(row) != len(fields):
             problems.append(
                 Problem(
-                    f"row has {len(row)} cells but the header has {len(fields)} "
-                    f"(delimiter {mapping.delimiter!r})",
+                    f"row has {len(row)} cells but the header has {len(fields)} (delimiter {mapping.delimiter!r})",
                     line=line,
                 )
             )
@@ -170,9 +161,7 @@ def _map_header(header: list[str], mapping: CsvMapping) -> tuple[list[str], list
                 )
             )
         elif field_name in fields:
-            problems.append(
-                Problem(f"column {position} {cell!r} maps to {field_name!r} a second time", line=1)
-            )
+            problems.append(Problem(f"column {position} {cell!r} maps to {field_name!r} a second time", line=1))
         fields.append(field_name)
     return fields, problems
 
@@ -191,11 +180,7 @@ def parse_file(name: str, data: bytes, config: MesDropConfig) -> list[Item]:
     suffix = PurePath(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise BatchInvalid(
-            [
-                Problem(
-                    f"unsupported file type {suffix or '(no suffix)'!r}; use {', '.join(SUPPORTED_SUFFIXES)}"
-                )
-            ],
+            [Problem(f"unsupported file type {suffix or '(no suffix)'!r}; use {', '.join(SUPPORTED_SUFFIXES)}")],
             syntax=True,
         )
     mapping = None
@@ -204,11 +189,7 @@ def parse_file(name: str, data: bytes, config: MesDropConfig) -> list[Item]:
         if mapping is None:
             patterns = ", ".join(repr(m.pattern) for m in config.csv) or "none configured"
             raise BatchInvalid(
-                [
-                    Problem(
-                        f"no drop.csv mapping matches {name!r} (patterns: {patterns}); add one with its type"
-                    )
-                ],
+                [Problem(f"no drop.csv mapping matches {name!r} (patterns: {patterns}); add one with its type")],
                 syntax=True,
             )
 

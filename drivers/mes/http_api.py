@@ -241,8 +241,7 @@ class TransactionApi:
             503,
             "outbox-unavailable",
             "Service Unavailable",
-            f"{error}. Nothing of this request was stored; keep the transactions and retry "
-            f"after {retry_after_s} s.",
+            f"{error}. Nothing of this request was stored; keep the transactions and retry after {retry_after_s} s.",
             headers={"Retry-After": str(retry_after_s)},
         )
 

@@ -7,6 +7,7 @@ is rejected whole with one `Problem` per invalid field. Nothing here does I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Sequence
@@ -117,9 +118,7 @@ def parse_json_document(text: str) -> list[Item]:
     """
     position = _skip_whitespace(text, 0)
     if position == len(text):
-        raise BatchInvalid(
-            [Problem("empty input: send one transaction object or an array of them")], syntax=True
-        )
+        raise BatchInvalid([Problem("empty input: send one transaction object or an array of them")], syntax=True)
 
     if text[position] != "[":
         value, end = _decode_value(text, position)
@@ -156,7 +155,12 @@ def parse_json_lines(text: str) -> list[Item]:
         if not line.strip():
             continue
         start = _skip_whitespace(line, 0)
-        value, end = _decode_value(line, start)
+        try:
+            value, end = _decode_value(line, start)
+        except BatchInvalid as invalid:
+            # The decoder counts lines within this one line; report the line of the file.
+            problems = [dataclasses.replace(problem, line=number) for problem in invalid.problems]
+            raise BatchInvalid(problems, syntax=True) from None
         if _skip_whitespace(line, end) != len(line):
             raise BatchInvalid(
                 [

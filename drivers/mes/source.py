@@ -36,9 +36,7 @@ def read_token(path: Path) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise TokenFileError(
-            f"http.token_file {path} not found; create it with the token the MES sends"
-        ) from None
+        raise TokenFileError(f"http.token_file {path} not found; create it with the token the MES sends") from None
     except (OSError, UnicodeDecodeError) as error:
         raise TokenFileError(f"http.token_file {path} cannot be read: {error}") from error
     if not token:
@@ -159,13 +157,9 @@ class MesSource(Source):
         if captured > self.status.records_captured:
             self.status.last_value_at = self.clock.now()
         self.status.records_captured = captured
-        errors = [
-            error for error in (self._input_errors.get("http"), self._input_errors.get("drop")) if error
-        ]
+        errors = [error for error in (self._input_errors.get("http"), self._input_errors.get("drop")) if error]
         errors += [
-            e
-            for e in (self.api.last_error if self.api else None, self.drop.last_error if self.drop else None)
-            if e
+            e for e in (self.api.last_error if self.api else None, self.drop.last_error if self.drop else None) if e
         ]
         self.status.last_error = errors[0] if errors else None
 

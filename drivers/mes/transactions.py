@@ -166,9 +166,7 @@ class QualityResult(TransactionBase):
     characteristic: Identifier = Field(examples=["DIAMETER"])
     value: SignedDecimal | None = Field(default=None, description="measured value; needs unit")
     unit: Unit | None = Field(default=None, examples=["MM"])
-    code: Identifier | None = Field(
-        default=None, description="result code, instead of a value", examples=["OK"]
-    )
+    code: Identifier | None = Field(default=None, description="result code, instead of a value", examples=["OK"])
     result: Literal["accepted", "rejected"]
     measured_at: Time
 
@@ -195,9 +193,7 @@ TRANSACTION_TYPES: dict[str, type[TransactionBase]] = {
     "quality_result": QualityResult,
 }
 
-TRANSACTION_ADAPTER: TypeAdapter[Transaction] = TypeAdapter(
-    Annotated[Transaction, Field(discriminator="type")]
-)
+TRANSACTION_ADAPTER: TypeAdapter[Transaction] = TypeAdapter(Annotated[Transaction, Field(discriminator="type")])
 
 
 def json_schema(type_name: str) -> dict[str, Any]:

@@ -67,7 +67,9 @@ def quality_result(transaction_id: str = "QR-1", **changes: Any) -> dict[str, An
     }
 
 
-def mes_config(tmp_path: Path, *, http: bool = True, drop: dict[str, Any] | None = None, **http_changes: Any) -> MesSourceConfig:
+def mes_config(
+    tmp_path: Path, *, http: bool = True, drop: dict[str, Any] | None = None, **http_changes: Any
+) -> MesSourceConfig:
     token_file = tmp_path / "mes.token"
     token_file.write_text(TOKEN + "\n")
     data: dict[str, Any] = {"type": "mes", "name": "mes-line1", "reconnect_initial_s": 0.05, "reconnect_max_s": 0.2}
@@ -112,9 +114,7 @@ async def _body(response: aiohttp.ClientResponse) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def run_source(
-    config: MesSourceConfig, outbox_path: Path, **outbox_options: Any
-) -> AsyncIterator[RunningSource]:
+async def run_source(config: MesSourceConfig, outbox_path: Path, **outbox_options: Any) -> AsyncIterator[RunningSource]:
     """Open an outbox, run the source on it and yield once the HTTP API listens (if configured)."""
     async with Outbox(outbox_path, **outbox_options) as outbox, aiohttp.ClientSession() as session:
         source = MesSource(config)

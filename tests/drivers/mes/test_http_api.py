@@ -19,7 +19,7 @@ PROBLEM_JSON = "application/problem+json"
 
 async def test_post_one_transaction_answers_201_after_storing(source_factory) -> None:
     async with source_factory() as running:
-        status, headers, body = await running.post(goods_movement("GM-100"))
+        status, _, body = await running.post(goods_movement("GM-100"))
 
         assert status == 201
         assert body["status"] == "created"
@@ -145,7 +145,9 @@ async def test_post_without_token_answers_401(source_factory) -> None:
 
 async def test_post_wrong_content_type_answers_415(source_factory) -> None:
     async with source_factory() as running:
-        plain, _, body = await running.post_raw(json.dumps(goods_movement()), running.headers(**{"Content-Type": "text/plain"}))
+        plain, _, body = await running.post_raw(
+            json.dumps(goods_movement()), running.headers(**{"Content-Type": "text/plain"})
+        )
         latin, _, _ = await running.post_raw(
             json.dumps(goods_movement()), running.headers(**{"Content-Type": "application/json; charset=latin-1"})
         )
@@ -232,7 +234,9 @@ async def test_unknown_path_answers_problem_json(source_factory) -> None:
     async with source_factory() as running:
         async with running.session.put(running.url, headers=running.headers()) as response:
             method_status, method_type = response.status, response.headers["Content-Type"]
-        async with running.session.get(running.url.replace("/v1/transactions", "/v2"), headers=running.headers()) as response:
+        async with running.session.get(
+            running.url.replace("/v1/transactions", "/v2"), headers=running.headers()
+        ) as response:
             path_status = response.status
 
     assert method_status == 405
