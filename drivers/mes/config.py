@@ -31,7 +31,7 @@ class MesHttpConfig(StrictModel):
 
 
 class CsvMapping(StrictModel):
-    """How CSV files whose name matches `pattern` map to one transaction type."""
+    """Mapping of CSV files whose name matches `pattern` to one transaction type."""
 
     pattern: str = Field(default="*.csv", min_length=1, description="file name glob, such as 'confirm_*.csv'")
     type: TransactionType

@@ -2,7 +2,7 @@
 
 Pure functions: the caller reads the bytes and moves the file. Every failure is a BatchInvalid
 whose problems name the line, the field and the reason, so the `.error.txt` beside a rejected
-file tells the integrator what to fix.
+file shows the integrator what to fix.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ DECIMAL_FIELDS = {name: _decimal_fields(model) for name, model in TRANSACTION_TY
 
 
 def decode(data: bytes, legacy_encoding: str | None) -> tuple[str, str]:
-    """Decode file content; returns the text and the name of the encoding used.
+    """Decode file content and return the text with the name of the encoding used.
 
-    A byte order mark decides (UTF-8 or UTF-16); without one the content must be UTF-8, or
-    else it is decoded with `legacy_encoding` when one is configured. Raises BatchInvalid.
+    A byte order mark selects UTF-8 or UTF-16. Without one, the content must be UTF-8, unless
+    `legacy_encoding` is configured: then content that is not UTF-8 is decoded with it.
+    Raises BatchInvalid.
     """
     if data.startswith(codecs.BOM_UTF8):
         return _decode_or_reject(data[len(codecs.BOM_UTF8) :], "utf-8", "UTF-8 (byte order mark)", ""), "utf-8-sig"
@@ -53,7 +54,7 @@ def decode(data: bytes, legacy_encoding: str | None) -> tuple[str, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         # Legacy text with any byte over 0x7f is almost never valid UTF-8, so trying UTF-8
-        # first tells the two apart.
+        # first separates the two.
         return _decode_or_reject(data, legacy_encoding, f"UTF-8 or {legacy_encoding}", ""), legacy_encoding
 
 
@@ -68,7 +69,7 @@ def _decode_or_reject(data: bytes, codec: str, label: str, hint: str) -> str:
 
 
 def find_csv_mapping(name: str, mappings: typing.Sequence[CsvMapping]) -> CsvMapping | None:
-    """The first mapping whose pattern matches the file name, ignoring case."""
+    """Find the first mapping whose pattern matches the file name, ignoring case."""
     lowered = name.lower()
     return next((mapping for mapping in mappings if fnmatch.fnmatchcase(lowered, mapping.pattern.lower())), None)
 

@@ -1,4 +1,4 @@
-"""The local HTTP API through which the MES posts transactions and asks where they are.
+"""The local HTTP API through which the MES posts transactions and looks up their state.
 
 `POST /v1/transactions` takes one transaction object or an array of them, all or nothing:
 - 201 when at least one transaction was stored now, 200 when every one was already held
@@ -63,7 +63,7 @@ def problem_response(
     errors: Sequence[Problem] = (),
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """A problem+json response (RFC 9457); `errors` become an `errors` member, one per field."""
+    """Build a problem+json response (RFC 9457) with one `errors` member per problem."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + kind,
         "title": title,
@@ -137,7 +137,7 @@ class TransactionApi:
         except web.HTTPException as error:
             if error.status < 400:
                 raise
-            # aiohttp's own 404 and 405 answers, as problem+json like every other error.
+            # aiohttp raises its own 404 and 405; send them as problem+json like every other error.
             return problem_response(
                 error.status,
                 "http",
@@ -194,12 +194,8 @@ class TransactionApi:
             text = body.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as error:
             self.counters.rejected += 1
-            return problem_response(
-                400,
-                "invalid-json",
-                "Bad Request",
-                f"the body is not UTF-8: invalid byte at offset {error.start}",
-            )
+            problem = Problem(f"the body is not UTF-8: invalid byte at offset {error.start}")
+            return _invalid_response(BatchInvalid([problem], syntax=True))
 
         try:
             items = parse_json_document(text)

@@ -1,8 +1,8 @@
 """Turn raw MES input into validated transactions and records, all or nothing.
 
-Both inputs (the HTTP API and the drop folder) go through here: JSON text becomes a list of
-`Item`s, each item is validated against the transaction models, and a batch with any problem
-is rejected whole with one `Problem` per invalid field. Nothing here does I/O.
+Both inputs (the HTTP API and the drop folder) use this module. JSON text becomes a list of
+`Item`s, and each item is validated against the transaction models. A batch with any problem
+is rejected whole, with one `Problem` per invalid field. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ VALUE_PREVIEW_CHARS = 60
 
 @dataclass(frozen=True)
 class Problem:
-    """One reason a batch was rejected. `index` is the position in the batch (None for a
-    single document or the whole input), `line` the line in a file or body when known, and
-    `field` the dotted field name ("" when the problem is not about one field)."""
+    """One reason a batch was rejected.
+
+    `index` is the position in the batch, None for a single document or the whole input.
+    `line` is the line in the file or body when known. `field` is the dotted field name, or ""
+    when the problem is not about one field.
+    """
 
     reason: str
     field: str = ""
@@ -212,8 +215,8 @@ def _reason(error: Any, field_name: str, type_name: str | None) -> tuple[str, st
         known = sorted(TRANSACTION_TYPES[type_name].model_fields) if type_name else []
         close = difflib.get_close_matches(field_name, known, n=1)
         if close:
-            return field_name, f"unknown field; did you mean {close[0]!r}?"
-        return field_name, f"unknown field; `plantgate schema {type_name}` lists the fields"
+            return field_name, f"unknown field {field_name!r}; did you mean {close[0]!r}?"
+        return field_name, f"unknown field {field_name!r}; `plantgate schema {type_name}` lists the fields"
     if kind == "union_tag_not_found":
         return (
             "type",
@@ -254,7 +257,8 @@ def validate_item(item: Item) -> Transaction:
 
 def _problems(error: ValidationError, item: Item) -> list[Problem]:
     type_name = item.value.get("type") if isinstance(item.value, dict) else None
-    if type_name not in TRANSACTION_TYPES:
+    # The tag may be any JSON value, lists included, so test its type before the lookup.
+    if not isinstance(type_name, str) or type_name not in TRANSACTION_TYPES:
         type_name = None
     problems = []
     for detail in error.errors(include_url=False):
@@ -268,8 +272,8 @@ def validate_batch(items: Sequence[Item]) -> list[Transaction]:
     """Validate every item; raises BatchInvalid with the problems of all invalid items.
 
     The same transaction id twice in one batch is accepted only if both carry the same
-    content (a resend); with different content it is a problem, because one id can name only
-    one transaction.
+    content, as a resend does. Different content under one id is a problem, because one id
+    can name only one transaction.
     """
     problems: list[Problem] = []
     transactions: list[Transaction] = []
@@ -301,7 +305,7 @@ def validate_batch(items: Sequence[Item]) -> list[Transaction]:
 
 
 def transaction_record_id(source: str, transaction_id: str) -> str:
-    """The record id of an MES transaction: derived from the source and the MES id only, so a
+    """Derive the record id of an MES transaction from the source and the MES id only, so a
     transaction sent again, by either input, is the same record."""
     return record_id(source, transaction_id.strip())
 

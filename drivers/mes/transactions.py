@@ -1,6 +1,6 @@
 """The canonical MES transactions: one pydantic model per type, each a published JSON Schema.
 
-Every transaction names its `type`, its `schema_version` and the MES `transaction_id`; the
+Every transaction names its `type`, its `schema_version` and the MES `transaction_id`. The
 record id is derived from the source name and that id, so a transaction sent twice is one record.
 
 Quantities and measured values are decimals, kept exact: they are accepted as JSON numbers

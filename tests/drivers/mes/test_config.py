@@ -55,7 +55,7 @@ def problems(tmp_path: Path, sources: str) -> list[str]:
     return caught.value.problems
 
 
-def test_mes_source_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+def test_mes_source_paths_relative_to_file(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, VALID))
 
     (source,) = settings.sources

@@ -214,7 +214,7 @@ async def test_duplicate_file_is_moved_without_new_records(tmp_path: Path, outbo
     assert drop.counters.transactions_duplicate == 2
 
 
-async def test_file_left_by_crash_after_store_is_moved_once(tmp_path: Path, outbox: Outbox) -> None:
+async def test_file_left_by_crash_moved_once(tmp_path: Path, outbox: Outbox) -> None:
     clock = SteppedClock()
     drop = make_drop(tmp_path, outbox, clock)
     await drop.prepare()
@@ -259,7 +259,7 @@ async def test_windows_1252_csv_with_umlauts_and_decimal_commas(tmp_path: Path, 
     ]
 
 
-async def test_bad_line_in_the_middle_rejects_the_file_and_goes_on(tmp_path: Path, outbox: Outbox) -> None:
+async def test_bad_middle_line_rejects_file(tmp_path: Path, outbox: Outbox) -> None:
     clock = SteppedClock()
     drop = make_drop(tmp_path, outbox, clock)
     await drop.prepare()

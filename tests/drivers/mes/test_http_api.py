@@ -1,4 +1,4 @@
-"""The MES HTTP API: every answer, through real requests to a running source and a real outbox."""
+"""The MES HTTP API: every response status, through real requests to a running source and a real outbox."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ async def test_post_past_size_limit_answers_413(tmp_path: Path, source_factory) 
     assert depth == 0
 
 
-async def test_post_when_outbox_full_answers_503_with_retry_after(tmp_path: Path, source_factory) -> None:
+async def test_post_outbox_full_answers_503(tmp_path: Path, source_factory) -> None:
     config = mes_config(tmp_path, retry_after_s=17)
     async with source_factory(config, max_bytes=300) as running:
         status, headers, body = await running.post(goods_movement("GM-full"))
@@ -190,7 +190,7 @@ async def test_post_when_outbox_full_answers_503_with_retry_after(tmp_path: Path
     assert state is None
 
 
-async def test_post_when_outbox_fails_answers_503(source_factory) -> None:
+async def test_post_outbox_failing_answers_503(source_factory) -> None:
     async with source_factory() as running:
         await running.outbox.close()
         status, headers, body = await running.post(goods_movement("GM-closed"))
