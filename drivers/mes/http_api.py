@@ -213,6 +213,8 @@ class TransactionApi:
         except OutboxUnavailable as error:
             return self._unavailable(error, UNAVAILABLE_RETRY_AFTER_S)
 
+        # NOTE: ids forwarded longer ago than outbox.delivered_retention_days are forgotten, so
+        # such a resend counts as created and is forwarded again under the same record id.
         created = sum(stored_now)
         self.counters.transactions_created += created
         self.counters.transactions_duplicate += len(stored_now) - created

@@ -23,6 +23,9 @@ from outbox.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
+# On stop, requests already waiting for their commit get this long to finish and be answered.
+SHUTDOWN_TIMEOUT_S = 10.0
+
 
 class TokenFileError(Exception):
     """The bearer token file is missing, unreadable or empty."""
@@ -96,7 +99,9 @@ class MesSource(Source):
             retry_after_s=config.retry_after_s,
             clock=self.clock,
         )
-        runner = web.AppRunner(self.api.build_app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.api.build_app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, config.listen, config.port, reuse_address=True)
