@@ -123,7 +123,8 @@ class TransactionApi:
         # aiohttp's own limit backs up the Content-Length check for chunked bodies.
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._problem_middleware])
         app.router.add_post("/v1/transactions", self.post_transactions)
-        app.router.add_get("/v1/transactions/{transaction_id}", self.get_transaction)
+        # ".+" lets ids that contain "/" be looked up too (sent percent-encoded as %2F).
+        app.router.add_get("/v1/transactions/{transaction_id:.+}", self.get_transaction)
         return app
 
     @web.middleware

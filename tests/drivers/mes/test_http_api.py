@@ -258,3 +258,13 @@ async def test_status_reports_bound_port_and_counts(source_factory) -> None:
     assert snapshot["http_transactions_duplicate"] == 1
     assert snapshot["http_requests_rejected"] == 1
     assert snapshot["records_captured"] == 1
+
+
+async def test_get_finds_id_with_slash_and_percent(source_factory) -> None:
+    async with source_factory() as running:
+        await running.post(goods_movement("WE/2026/17%a"))
+        async with running.session.get(f"{running.url}/WE%2F2026%2F17%25a", headers=running.headers()) as response:
+            status, body = response.status, await response.json()
+
+    assert status == 200
+    assert body["transaction_id"] == "WE/2026/17%a"
