@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import ipaddress
 from typing import Literal
 
 from pydantic import ByteSize, Field, field_validator, model_validator
@@ -28,6 +29,22 @@ class MesHttpConfig(StrictModel):
     retry_after_s: int = Field(
         default=30, ge=1, le=3600, description="Retry-After seconds sent with 503 when the outbox is full"
     )
+
+    @field_validator("listen")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address; use 127.0.0.1 or the address of the plant network "
+                "interface, such as 192.168.10.5"
+            ) from None
+        return value
+
+    @property
+    def listens_everywhere(self) -> bool:
+        return ipaddress.ip_address(self.listen).is_unspecified
 
 
 class CsvMapping(StrictModel):

@@ -111,6 +111,12 @@ class MesSource(Source):
             self.status.details["http_port"] = self.bound_port
             self.status.details["http_address"] = f"{self.bound_address}:{self.bound_port}"
             self._input_up("http", f"MES HTTP API listening on {self.bound_address}:{self.bound_port}")
+            if config.listens_everywhere:
+                log.warning(
+                    "MES HTTP API listens on every interface (%s); set http.listen to one interface's address",
+                    config.listen,
+                    extra={"source": self.name},
+                )
             backoff.reset()
             self._listening.set()
             while True:

@@ -102,6 +102,10 @@ def test_registry_builds_the_mes_source(tmp_path: Path) -> None:
             "sources[0].drop.csv[0].type: 'goods_receipt' is not one of",
         ),
         (
+            '[[sources]]\ntype = "mes"\nname = "m"\n[sources.http]\nlisten = "eth0"\ntoken_file = "t"\n',
+            "sources[0].http.listen: 'eth0' is not an IP address",
+        ),
+        (
             '[[sources]]\ntype = "mes"\nname = "m"\n[sources.drop]\nfolder = "x"\nsettle = 3\n',
             "sources[0].drop.settle: unknown key; did you mean 'settle_s'?",
         ),
