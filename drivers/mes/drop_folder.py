@@ -74,14 +74,18 @@ def observe(
 
 
 def unique_target(folder_names: set[str], name: str) -> str:
-    """A name for `name` in a folder holding `folder_names`, with `-1`, `-2`, ... before the
-    suffix when taken, so a file dropped twice never overwrites the first one or its report."""
+    """Choose a name for `name` in a folder that contains `folder_names`, with `-1`, `-2`, ...
+    before the suffix when taken, so a file dropped twice never overwrites the first one.
+
+    A report without its file is not counted as taken: it is left by a crash between writing
+    the report and moving the file, and the file's next rejection rewrites it.
+    """
     stem, dot, suffix = name.rpartition(".")
     if not dot or not stem:
         stem, suffix, dot = name, "", ""
     candidate = name
     number = 0
-    while candidate in folder_names or candidate + ERROR_REPORT_SUFFIX in folder_names:
+    while candidate in folder_names:
         number += 1
         candidate = f"{stem}-{number}{dot}{suffix}"
     return candidate
