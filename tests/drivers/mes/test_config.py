@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from agent.config import load_config
 from agent.config_errors import ConfigError
 from drivers.mes.config import MesSourceConfig
 from drivers.registry import build_source
+from tests.conftest import REPO_ROOT, plantgate_command
 
 HEAD = """
 [agent]
@@ -115,3 +117,19 @@ def test_invalid_mes_config_names_the_key(tmp_path: Path, sources: str, expected
     found = problems(tmp_path, sources)
 
     assert any(expected in problem for problem in found), found
+
+
+def test_check_config_summarises_mes_inputs(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+
+    result = subprocess.run(
+        plantgate_command("check-config", str(path)),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"mes-line1: mes, HTTP on 127.0.0.1:0, drop folder {tmp_path / 'spool' / 'mes'}" in result.stdout
