@@ -39,9 +39,7 @@ from outbox.schema import SCHEMA_VERSION  # noqa: E402
 def generate_key(out: Path) -> str:
     """Write a new private key to `out` (refusing to overwrite) and return the public key text."""
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(pem)
