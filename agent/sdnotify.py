@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
@@ -42,16 +43,20 @@ def socket_address(value: str) -> str | bytes | None:
     return None
 
 
-def watchdog_ping_interval(usec: str | None, pid: str | None, own_pid: int) -> float | None:
+def watchdog_ping_interval(
+    usec: str | None, pid: str | None, own_pid: int, launcher_pid: int | None = None
+) -> float | None:
     """Return the seconds between watchdog pings (half of `$WATCHDOG_USEC`), or None when no
     watchdog applies to this process.
 
     `$WATCHDOG_PID`, when set, names the process the watchdog is meant for; a child that
-    inherited the variables must not ping on its parent's behalf.
+    inherited the variables must not ping on its parent's behalf. The one exception is
+    `launcher_pid`: the PyInstaller one-file binary runs the agent in a child of its
+    bootloader, and systemd sees the bootloader as the main process.
     """
     if not usec:
         return None
-    if pid and pid.strip() != str(own_pid):
+    if pid and pid.strip() not in (str(own_pid), str(launcher_pid)):
         return None
     try:
         microseconds = int(usec)
@@ -88,9 +93,7 @@ class Notifier:
         self._socket: socket.socket | None = None
         self.failed_sends = 0
         if env.get("NOTIFY_SOCKET") and self._address is None:
-            log.warning(
-                "ignoring NOTIFY_SOCKET=%r: expected an absolute path or @abstract-name", env["NOTIFY_SOCKET"]
-            )
+            log.warning("ignoring NOTIFY_SOCKET=%r: expected an absolute path or @abstract-name", env["NOTIFY_SOCKET"])
 
     @property
     def enabled(self) -> bool:
@@ -110,7 +113,10 @@ class Notifier:
 
     def watchdog_interval(self) -> float | None:
         """Seconds between watchdog pings (half of `WatchdogSec`), or None without a watchdog."""
-        return watchdog_ping_interval(self._watchdog_usec, self._watchdog_pid, os.getpid())
+        # A frozen one-file binary is two processes: the bootloader (systemd's main PID) and the
+        # agent it starts. The unit sets NotifyAccess=all so the agent's messages are accepted.
+        launcher = os.getppid() if getattr(sys, "frozen", False) else None
+        return watchdog_ping_interval(self._watchdog_usec, self._watchdog_pid, os.getpid(), launcher)
 
     def _send(self, line: str | None, status: str | None) -> None:
         if self._address is None:
@@ -150,9 +156,7 @@ class Notifier:
         self.close()
 
 
-async def watchdog_loop(
-    notifier: Notifier, is_healthy: Callable[[], bool], clock: Clock = SYSTEM_CLOCK
-) -> None:
+async def watchdog_loop(notifier: Notifier, is_healthy: Callable[[], bool], clock: Clock = SYSTEM_CLOCK) -> None:
     """Send WATCHDOG=1 every half `WatchdogSec` while `is_healthy()` returns True; run until cancelled.
 
     The loop runs on the agent's event loop, so a blocked loop stops the pings by itself;
@@ -176,8 +180,7 @@ async def watchdog_loop(
                 log.info("watchdog pings resumed: the agent is making progress again")
         elif healthy_before:
             log.warning(
-                "watchdog pings withheld: the agent is not making progress; "
-                "systemd restarts it if this lasts %.0f s",
+                "watchdog pings withheld: the agent is not making progress; systemd restarts it if this lasts %.0f s",
                 interval * 2,
             )
         healthy_before = healthy

@@ -66,6 +66,11 @@ def test_watchdog_ping_interval_table(usec: str | None, pid: str | None, expecte
     assert watchdog_ping_interval(usec, pid, own_pid=1000) == expected
 
 
+def test_watchdog_ping_interval_accepts_onefile_bootloader() -> None:
+    assert watchdog_ping_interval("30000000", "999", own_pid=1000, launcher_pid=999) == 15.0
+    assert watchdog_ping_interval("30000000", "998", own_pid=1000, launcher_pid=999) is None
+
+
 def test_one_line_flattens_and_truncates() -> None:
     assert one_line("backlog 3\nWAN up") == "backlog 3 WAN up"
     long = one_line("x" * 500)
