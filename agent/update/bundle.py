@@ -93,9 +93,7 @@ def load_release(source: str, staging: Path, pinned: list[str]) -> VerifiedRelea
         return _from_folder(path, pinned)
     if path.is_file():
         return _from_bundle(path, staging, pinned)
-    raise UpdateRejected(
-        f"release {source} not found: pass a bundle file, a release folder or an http(s) URL"
-    )
+    raise UpdateRejected(f"release {source} not found: pass a bundle file, a release folder or an http(s) URL")
 
 
 def fetch_signed_manifest(url: str, pinned: list[str]) -> SignedManifest:
@@ -183,9 +181,7 @@ def _read_url(url: str, limit: int) -> bytes:
     except (urllib.error.URLError, OSError) as error:
         raise UpdateRejected(f"GET {url} failed: {error}; check [update] url and the WAN") from error
     if len(data) > limit:
-        raise UpdateRejected(
-            f"GET {url} returned more than {limit} bytes; expected a plantgate {MANIFEST_NAME}"
-        )
+        raise UpdateRejected(f"GET {url} returned more than {limit} bytes; expected a plantgate {MANIFEST_NAME}")
     return data
 
 

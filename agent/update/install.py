@@ -147,15 +147,11 @@ def apply_release(release: VerifiedRelease, plan: UpdatePlan) -> ApplyResult:
         target = _install_files(release, layout)
         _write_state(layout, "pending", previous, manifest.version, "restarting into the new version")
         _switch(layout, target)
-        log.info(
-            "switched %s from %s to %s; restarting the service", layout.current, previous, manifest.version
-        )
+        log.info("switched %s from %s to %s; restarting the service", layout.current, previous, manifest.version)
 
         problem = _restart_and_wait(plan, manifest.version)
         if problem is None:
-            _write_state(
-                layout, "installed", previous, manifest.version, f"{manifest.version} reported ready"
-            )
+            _write_state(layout, "installed", previous, manifest.version, f"{manifest.version} reported ready")
             _prune(layout, keep=plan.keep_versions, protect={manifest.version, previous})
             return ApplyResult(decision, manifest.version, previous)
 
@@ -253,9 +249,7 @@ def _prune(layout: InstallLayout, keep: int, protect: set[str | None]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _write_state(
-    layout: InstallLayout, result: str, previous: str | None, offered: str, message: str
-) -> None:
+def _write_state(layout: InstallLayout, result: str, previous: str | None, offered: str, message: str) -> None:
     state = {
         "result": result,
         "from": previous,
@@ -289,3 +283,16 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def update_report(layout: InstallLayout) -> dict[str, Any]:
+    """The `update` part of /status: the running install and the last update attempt.
+
+    A failed or rolled-back attempt stays here until the next attempt replaces it, so an
+    operator sees it even after the restart that undid it.
+    """
+    return {
+        "install_dir": str(layout.root),
+        "current": layout.current_version(),
+        "last_attempt": read_state(layout),
+    }

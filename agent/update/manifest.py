@@ -123,13 +123,10 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise UpdateRejected(f"{MANIFEST_NAME}: size {manifest.size} must be positive")
     if not 1 <= manifest.min_outbox_schema <= manifest.outbox_schema:
         raise UpdateRejected(
-            f"{MANIFEST_NAME}: outbox schema range "
-            f"{manifest.min_outbox_schema}..{manifest.outbox_schema} is empty"
+            f"{MANIFEST_NAME}: outbox schema range {manifest.min_outbox_schema}..{manifest.outbox_schema} is empty"
         )
     if manifest.rollout_percent is not None and not 0 <= manifest.rollout_percent <= 100:
-        raise UpdateRejected(
-            f"{MANIFEST_NAME}: rollout_percent {manifest.rollout_percent} is not within 0..100"
-        )
+        raise UpdateRejected(f"{MANIFEST_NAME}: rollout_percent {manifest.rollout_percent} is not within 0..100")
     return manifest
 
 
@@ -144,17 +141,14 @@ def decide_version(current: str | None, offered: str, *, allow_downgrade: bool) 
     version unless `allow_downgrade`. With nothing installed, every version is an upgrade."""
     if current is None:
         return VersionDecision.UPGRADE
-    order = (parse_version(offered) > parse_version(current)) - (
-        parse_version(offered) < parse_version(current)
-    )
+    order = (parse_version(offered) > parse_version(current)) - (parse_version(offered) < parse_version(current))
     if order > 0:
         return VersionDecision.UPGRADE
     if order == 0:
         return VersionDecision.SAME
     if not allow_downgrade:
         raise UpdateRejected(
-            f"release {offered} is older than the installed {current}; "
-            "pass --allow-downgrade to install it anyway"
+            f"release {offered} is older than the installed {current}; pass --allow-downgrade to install it anyway"
         )
     return VersionDecision.DOWNGRADE
 

@@ -27,6 +27,8 @@ from types import ModuleType
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.config import load_config
+from agent.supervisor import Agent
 from agent.update import signing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,9 +151,7 @@ restart_command = {json.dumps(restart)}
 """
         )
 
-    def release(
-        self, version: str, *, never_ready: bool = False, key: Ed25519PrivateKey | None = None
-    ) -> Path:
+    def release(self, version: str, *, never_ready: bool = False, key: Ed25519PrivateKey | None = None) -> Path:
         build = self.tmp / f"build-{version}"
         build.mkdir(exist_ok=True)
         binary = build / f"plantgate-{version}-linux-test"
@@ -247,6 +247,18 @@ def test_apply_rolls_back_version_never_ready(fleet: Fleet) -> None:
         timeout=60,
     )
     assert "last update: rolled-back 0.1.0 -> 0.3.0" in status.stdout
+
+
+async def test_status_document_reports_rollback(fleet: Fleet) -> None:
+    assert fleet.apply(fleet.release("0.1.0")).returncode == 0
+    assert fleet.apply(fleet.release("0.3.0", never_ready=True)).returncode == 1
+
+    document = await Agent(load_config(fleet.config)).status()
+
+    report = document["update"]
+    assert report["current"] == "0.1.0"
+    assert report["last_attempt"]["result"] == "rolled-back"
+    assert "version 0.3.0 failed (not ready within 4 s)" in report["last_attempt"]["message"]
 
 
 def rebuild_bundle(bundle: Path, replace: dict[str, bytes | None]) -> Path:

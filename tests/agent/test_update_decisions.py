@@ -114,9 +114,7 @@ def test_version_rejects_other_forms(text: str) -> None:
         ("0.2.0", "0.1.0", True, VersionDecision.DOWNGRADE),
     ],
 )
-def test_decide_version_table(
-    current: str | None, offered: str, allow: bool, expected: VersionDecision
-) -> None:
+def test_decide_version_table(current: str | None, offered: str, allow: bool, expected: VersionDecision) -> None:
     assert decide_version(current, offered, allow_downgrade=allow) is expected
 
 
