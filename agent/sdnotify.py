@@ -52,7 +52,7 @@ def watchdog_ping_interval(
     `$WATCHDOG_PID`, when set, names the process the watchdog is meant for; a child that
     inherited the variables must not ping on its parent's behalf. The one exception is
     `launcher_pid`: the PyInstaller one-file binary runs the agent in a child of its
-    bootloader, and systemd sees the bootloader as the main process.
+    bootloader, and systemd treats the bootloader as the main process.
     """
     if not usec:
         return None

@@ -5,7 +5,7 @@ transaction. Entries are only ever appended: a released migration is never edite
 outbox written by an earlier release can be brought forward.
 
 An older plantgate that finds a newer schema refuses to start and names the release to run.
-It can name it only if the file says so: every migration after version 1 must also run
+It can name it only if the file records it: every migration after version 1 must also run
 `INSERT OR REPLACE INTO schema_releases (version, first_release) VALUES (<N>, '<release>')`,
 and the version 2 migration must first create that table with
 `CREATE TABLE IF NOT EXISTS schema_releases (version INTEGER PRIMARY KEY, first_release TEXT NOT NULL)`.

@@ -49,7 +49,7 @@ def generate_key(out: Path) -> str:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise SystemExit(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
+        raise SystemExit(f"{path} contains a {type(key).__name__}, not an Ed25519 private key")
     return key
 
 

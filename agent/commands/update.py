@@ -35,9 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "lower versions unless --allow-downgrade. Rolls back if the new version is not ready in time.",
     )
     apply.add_argument("release", metavar="BUNDLE_OR_URL", help="bundle .tar, release folder, or http(s) URL")
-    apply.add_argument(
-        "--allow-downgrade", action="store_true", help="install a version lower than the current one"
-    )
+    apply.add_argument("--allow-downgrade", action="store_true", help="install a version lower than the current one")
     _config_option(apply)
     apply.set_defaults(handler=handle_apply)
 
@@ -59,12 +57,10 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def ready_url(settings: Settings) -> str:
-    """The URL of /readyz: `[update] ready_url`, or the health server's address on loopback."""
+    """Return the URL of /readyz: `[update] ready_url`, or the health server's address on loopback."""
     if settings.update.ready_url is not None:
         return str(settings.update.ready_url)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
-        settings.health.listen, settings.health.listen
-    )
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.health.listen, settings.health.listen)
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.health.port}/readyz"
@@ -121,9 +117,7 @@ def handle_check(args: argparse.Namespace) -> int:
     if current is not None and parse_version(manifest.version) <= parse_version(current):
         print(f"release {manifest.version} at {url} is not newer than the installed {current}; nothing to do")
         return 0
-    percent = (
-        manifest.rollout_percent if manifest.rollout_percent is not None else settings.update.rollout_percent
-    )
+    percent = manifest.rollout_percent if manifest.rollout_percent is not None else settings.update.rollout_percent
     gateway = settings.agent.gateway_id
     if not in_rollout(gateway, percent):
         print(
@@ -168,7 +162,7 @@ def _describe(decision: str, version: str, previous: str | None) -> str:
 
 
 def _report(error: Exception) -> int:
-    kind = {UpdateRejected: "refused", UpdateRolledBack: "rolled back", UpdateFailed: "FAILED"}[type(error)]
+    kind = {UpdateRejected: "rejected", UpdateRolledBack: "rolled back", UpdateFailed: "FAILED"}[type(error)]
     print(f"plantgate update {kind}: {error}", file=sys.stderr)
     return 1
 

@@ -2,15 +2,15 @@
 
 
 class UpdateRejected(Exception):
-    """The release was refused before anything on the gateway changed (bad signature, changed
+    """The release was rejected before anything on the gateway changed (bad signature, changed
     byte, lower version, incompatible outbox). The message names the check and what to do."""
 
 
 class UpdateRolledBack(Exception):
     """The new version was installed but did not report ready in time; the previous version was
-    restored and started again. The message says which version runs now."""
+    restored and started again. The message names the version that runs now."""
 
 
 class UpdateFailed(Exception):
     """The install folder or the restart failed in a way the rollback could not undo; a person
-    must look. The message says what state the install folder is in."""
+    must look. The message describes the state of the install folder."""

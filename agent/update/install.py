@@ -115,7 +115,7 @@ def read_outbox_schema(path: Path) -> int | None:
 
 
 def read_state(layout: InstallLayout) -> dict[str, Any] | None:
-    """The last update attempt as recorded in update-state.json, or None if there was none."""
+    """Read the last update attempt from update-state.json; return None if there was none."""
     try:
         data = json.loads(layout.state_file.read_text())
     except FileNotFoundError:
@@ -272,7 +272,7 @@ def _locked(layout: InstallLayout) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UpdateRejected(
-                f"another update is running in {layout.root} (it holds .update.lock); wait for it to finish"
+                f"another update is running in {layout.root} (it has locked .update.lock); wait for it to finish"
             ) from None
         yield
 
@@ -286,7 +286,7 @@ def _fsync(path: Path) -> None:
 
 
 def update_report(layout: InstallLayout) -> dict[str, Any]:
-    """The `update` part of /status: the running install and the last update attempt.
+    """Build the `update` part of /status: the running install and the last update attempt.
 
     A failed or rolled-back attempt stays here until the next attempt replaces it, so an
     operator sees it even after the restart that undid it.

@@ -1,7 +1,7 @@
 """Ed25519 keys and signatures for release manifests (RFC 8032, via `cryptography`).
 
 Public keys are pinned in the configuration as base64 text of the 32 raw key bytes. The
-signature file holds the base64 text of the 64-byte signature over the exact bytes of
+signature file contains the base64 text of the 64-byte signature over the exact bytes of
 `manifest.json`. A key id is the first 8 bytes of the key's SHA-256, in hex, for messages.
 """
 
@@ -55,13 +55,13 @@ def verify(manifest_bytes: bytes, signature_text: str | None, pinned: list[str])
             "add the release signing key (packaging/release.py keygen prints it)"
         )
     if signature_text is None:
-        raise UpdateRejected(f"the release has no {SIGNATURE_NAME}: unsigned releases are refused")
+        raise UpdateRejected(f"the release has no {SIGNATURE_NAME}: unsigned releases are rejected")
     try:
         signature = base64.b64decode(signature_text.strip(), validate=True)
     except binascii.Error:
         raise UpdateRejected(f"{SIGNATURE_NAME} is not base64 text: the signature file is damaged") from None
     if len(signature) != 64:
-        raise UpdateRejected(f"{SIGNATURE_NAME} holds {len(signature)} bytes; an Ed25519 signature has 64")
+        raise UpdateRejected(f"{SIGNATURE_NAME} contains {len(signature)} bytes; an Ed25519 signature has 64")
 
     keys = [decode_public_key(text) for text in pinned]
     for key in keys:

@@ -28,7 +28,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import load_config
-from agent.supervisor import Agent
 from agent.update import signing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,6 +252,8 @@ async def test_status_document_reports_rollback(fleet: Fleet) -> None:
     assert fleet.apply(fleet.release("0.1.0")).returncode == 0
     assert fleet.apply(fleet.release("0.3.0", never_ready=True)).returncode == 1
 
+    from agent.supervisor import Agent
+
     document = await Agent(load_config(fleet.config)).status()
 
     report = document["update"]
@@ -291,7 +292,7 @@ def tamper_binary(bundle: Path) -> Path:
     [
         ("changed byte in binary", "the file was changed after signing"),
         ("wrong key", "does not verify with any pinned public key"),
-        ("unsigned manifest", "unsigned releases are refused"),
+        ("unsigned manifest", "unsigned releases are rejected"),
         ("changed manifest", "does not verify with any pinned public key"),
     ],
 )
@@ -310,7 +311,7 @@ def test_apply_refuses_untrusted_release(fleet: Fleet, case: str, expected: str)
     result = fleet.apply(bundle)
 
     assert result.returncode == 1
-    assert "plantgate update refused:" in result.stderr
+    assert "plantgate update rejected:" in result.stderr
     assert expected in result.stderr
     assert fleet.current() is None
     assert not (fleet.install_dir / "versions" / "0.2.0").exists()

@@ -196,7 +196,7 @@ def test_signature_verifies_with_pinned_key(key: Ed25519PrivateKey) -> None:
     [
         ("wrong key", "does not verify with any pinned public key"),
         ("changed byte", "does not verify with any pinned public key"),
-        ("unsigned", "unsigned releases are refused"),
+        ("unsigned", "unsigned releases are rejected"),
         ("no pinned keys", "no public keys are pinned"),
         ("not base64", "not base64 text"),
         ("short signature", "an Ed25519 signature has 64"),
