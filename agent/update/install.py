@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.update.bundle import VerifiedRelease
+from agent.update.bundle import VerifiedRelease, check_binary
 from agent.update.errors import UpdateFailed, UpdateRejected, UpdateRolledBack
 from agent.update.manifest import (
     MANIFEST_NAME,
@@ -215,6 +215,8 @@ def _install_files(release: VerifiedRelease, layout: InstallLayout) -> Path:
     binary = staging / BINARY_NAME
     shutil.copyfile(release.binary, binary)
     binary.chmod(0o755)
+    # Check the copy, not only the source: a release folder may change between check and copy.
+    check_binary(binary, manifest)
     (staging / MANIFEST_NAME).write_bytes(release.signed.raw)
     (staging / SIGNATURE_NAME).write_text(release.signed.signature)
     for path in (binary, staging / MANIFEST_NAME, staging / SIGNATURE_NAME):
