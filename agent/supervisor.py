@@ -21,6 +21,7 @@ from agent import __version__
 from agent.config import Settings
 from agent.forwarder import Forwarder
 from agent.health import HealthServer
+from agent.update.install import InstallLayout, update_report
 from drivers.base import Source
 from drivers.registry import build_source
 from outbox.backoff import Backoff
@@ -199,6 +200,7 @@ class Agent:
             "outbox": outbox,
             "forwarder": self.forwarder.status.snapshot() if self.forwarder else {},
             "incidents": self.incidents,
+            "update": update_report(InstallLayout(self.settings.update.install_dir)),
         }
 
     def is_ready(self) -> bool:
