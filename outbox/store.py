@@ -40,7 +40,9 @@ MAX_OPS_PER_COMMIT = 1024
 # SQLite allows 32,766 host parameters per statement since 3.32; stay well below.
 IN_CHUNK = 500
 WRITE_QUEUE_SIZE = 4096
-RECORD_COLUMNS = "seq, id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts"
+RECORD_COLUMNS = (
+    "seq, id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts"
+)
 
 
 @dataclass
@@ -227,7 +229,11 @@ class Outbox:
     async def lookup(self, record_id: str) -> str | None:
         """Where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
         reader = self._require(self._reader)
-        for table, state in (("records", "stored"), ("delivered", "forwarded"), ("dead_letters", "dead-lettered")):
+        for table, state in (
+            ("records", "stored"),
+            ("delivered", "forwarded"),
+            ("dead_letters", "dead-lettered"),
+        ):
             rows = await reader.execute_fetchall(f"SELECT 1 FROM {table} WHERE id = ?", (record_id,))
             if rows:
                 return state
@@ -310,7 +316,9 @@ class Outbox:
             if len(ops) == 1:
                 self._fail(ops[0], error)
                 return
-            log.warning("outbox group commit failed; retrying its %d operations one by one: %s", len(ops), error)
+            log.warning(
+                "outbox group commit failed; retrying its %d operations one by one: %s", len(ops), error
+            )
             for op in ops:
                 try:
                     (result,) = await self._run_transaction([op])
@@ -327,7 +335,9 @@ class Outbox:
         log.error("outbox commit failed: %s", self.last_error, extra={"path": str(self.path)})
         if not op.future.done():
             op.future.set_exception(
-                OutboxUnavailable(f"outbox {self.path} could not commit: {error}; nothing of this request was stored")
+                OutboxUnavailable(
+                    f"outbox {self.path} could not commit: {error}; nothing of this request was stored"
+                )
             )
 
     async def _run_transaction(self, ops: list[_Op]) -> list[Any]:
@@ -345,7 +355,9 @@ class Outbox:
                 elif isinstance(op, _DeadLetter):
                     results.append(await self._apply_dead_letter(db, op, pending))
                 elif isinstance(op, _CountAttempt):
-                    await _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
+                    await _execute_chunked(
+                        db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs
+                    )
                     results.append(None)
             await self._maybe_prune(db)
             await _write_counters(db, pending.named)
@@ -368,17 +380,20 @@ class Outbox:
         held = await _existing_ids(db, [record.id for record in op.records])
         fresh: list[Record] = []
         stored_flags: list[bool] = []
+        claimed: set[str] = set()
         for record in op.records:
-            is_new = record.id not in held and record.id not in seen
+            is_new = record.id not in held and record.id not in seen and record.id not in claimed
             stored_flags.append(is_new)
             if is_new:
-                seen.add(record.id)
+                claimed.add(record.id)
                 fresh.append(record)
 
         used = {lane: self._counters.lanes[lane].bytes + pending.lanes[lane].bytes for lane in Lane}
         plan = plan_append(self.budget, used, fresh)
         if plan.error is not None:
+            # Claim no ids: a later call in this group may carry the same records and fit.
             return OutboxFull(plan.error)
+        seen.update(claimed)
 
         if plan.shed_stored_bytes > 0:
             await self._shed_stored(db, plan.shed_stored_bytes, pending)
@@ -390,8 +405,8 @@ class Outbox:
         shed_ids = plan.shed_incoming_ids
         keep = [record for record in fresh if record.id not in shed_ids]
         await db.executemany(
-            "INSERT INTO records (id, lane, source, kind, subject, source_time, captured_at, quality, payload, size)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO records (id, lane, source, kind, subject, source_time, captured_at, quality,"
+            " payload, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_row_for(record) for record in keep],
         )
         for record in keep:
@@ -454,7 +469,9 @@ class Outbox:
                 f" SELECT {RECORD_COLUMNS}, ?, ?, ? FROM records WHERE seq IN ({marks})",
                 (op.status, op.reason, now, *chunk),
             )
-            rows = await db.execute_fetchall(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk)
+            rows = await db.execute_fetchall(
+                f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk
+            )
             for lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
                 pending.lanes[Lane(lane)].bytes -= size
@@ -588,7 +605,20 @@ def _row_for(record: Record) -> tuple[Any, ...]:
 
 
 def _stored_from_row(row: Any) -> StoredRecord:
-    seq, record_id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts = row
+    (
+        seq,
+        record_id,
+        lane,
+        source,
+        kind,
+        subject,
+        source_time,
+        captured_at,
+        quality,
+        payload,
+        size,
+        attempts,
+    ) = row
 
     record = Record(
         id=record_id,
@@ -610,4 +640,3 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
