@@ -16,9 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="plantgate",
         description="Edge store-and-forward agent: machine and MES data to the central ERP integration layer.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"plantgate {__version__} (build {build_commit()})"
-    )
+    parser.add_argument("--version", action="version", version=f"plantgate {__version__} (build {build_commit()})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)

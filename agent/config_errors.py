@@ -111,4 +111,3 @@ def format_validation_error(error: ValidationError, root: type[BaseModel]) -> li
         path = "".join(parts) or "(top level)"
         lines.append(f"{path}: {_describe(item, parent, key)}")
     return lines
-
