@@ -36,7 +36,10 @@ class StartupIncident:
     detected_at: str
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "message": self.message}
+
+    def __str__(self) -> str:
+        return self.message
 
     @property
     def message(self) -> str:

@@ -72,9 +72,7 @@ async def test_salvage_recovers_readable_rows_once(outbox_path: Path) -> None:
     before = digest(moved)
 
     first = await asyncio.to_thread(admin.salvage, moved, outbox_path, max_bytes=1024**3, telemetry_share=0.8)
-    second = await asyncio.to_thread(
-        admin.salvage, moved, outbox_path, max_bytes=1024**3, telemetry_share=0.8
-    )
+    second = await asyncio.to_thread(admin.salvage, moved, outbox_path, max_bytes=1024**3, telemetry_share=0.8)
 
     recovered = ids_in(outbox_path, "records")
     assert len(recovered) == len(set(recovered))
@@ -99,9 +97,7 @@ async def test_salvage_skips_ids_already_held(outbox_path: Path, tmp_path: Path)
         moved = Path(outbox.startup_incident.moved_to)
         await outbox.append(make_records(100, payload_bytes=200))
 
-    report = await asyncio.to_thread(
-        admin.salvage, moved, outbox_path, max_bytes=1024**3, telemetry_share=0.8
-    )
+    report = await asyncio.to_thread(admin.salvage, moved, outbox_path, max_bytes=1024**3, telemetry_share=0.8)
 
     recovered = ids_in(outbox_path, "records")
     assert len(recovered) == len(set(recovered))

@@ -127,9 +127,7 @@ async def test_counters_reload_after_another_process_changes_file(outbox_path: P
 
 async def test_counters_reload_before_next_commit_without_housekeeping(outbox_path: Path) -> None:
     one = make_record(payload_bytes=900).size
-    async with Outbox(
-        outbox_path, max_bytes=6 * one, telemetry_share=1.0, housekeeping_interval_s=3600
-    ) as outbox:
+    async with Outbox(outbox_path, max_bytes=6 * one, telemetry_share=1.0, housekeeping_interval_s=3600) as outbox:
         await outbox.append(make_records(5, payload_bytes=900))
         with sqlite3.connect(outbox_path) as other:
             other.execute("DELETE FROM records")

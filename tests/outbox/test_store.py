@@ -231,9 +231,7 @@ async def test_reopen_keeps_depth_and_counters(outbox_path: Path) -> None:
     async with Outbox(outbox_path, max_bytes=4 * one, telemetry_share=0.5) as outbox:
         await outbox.append(make_records(4, payload_bytes=900))
         await outbox.append([make_record(number=100, lane=Lane.EVENT)])
-        (event,) = [
-            stored for stored in await outbox.next_batch(10, 10**9) if stored.record.lane == Lane.EVENT
-        ]
+        (event,) = [stored for stored in await outbox.next_batch(10, 10**9) if stored.record.lane == Lane.EVENT]
         await outbox.dead_letter([event.seq], 400, "rejected")
         before = (await outbox.stats()).as_dict()
 

@@ -53,9 +53,7 @@ async def test_clock_jump_forward_does_not_prune_delivered_ids(outbox_path: Path
         assert await outbox.lookup(record.id) == "forwarded"
 
 
-async def test_record_from_unset_clock_is_flagged_and_counted(
-    outbox: Outbox, caplog: logging.LogRecordHandler
-) -> None:
+async def test_record_from_unset_clock_is_flagged_and_counted(outbox: Outbox, caplog: logging.LogRecordHandler) -> None:
     unset = make_record(number=1, captured_at=datetime(1970, 1, 1, 0, 4, tzinfo=UTC))
     also_unset = make_record(number=2, captured_at=datetime(1970, 1, 1, 0, 5, tzinfo=UTC))
     normal = make_record(number=3)
