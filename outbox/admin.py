@@ -65,12 +65,9 @@ def open_outbox(path: Path) -> sqlite3.Connection:
     if version != SCHEMA_VERSION:
         connection.close()
         if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"outbox {path} has schema version {version}; use the plantgate release that wrote it"
-            )
+            raise SchemaTooNew(f"outbox {path} has schema version {version}; use the plantgate release that wrote it")
         raise AdminError(
-            f"outbox {path} has schema version {version}, not {SCHEMA_VERSION}; "
-            "start the agent once to migrate it"
+            f"outbox {path} has schema version {version}, not {SCHEMA_VERSION}; start the agent once to migrate it"
         )
     return connection
 
@@ -142,18 +139,14 @@ def list_dead_letters(
 def show(connection: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
     """Everything the outbox holds on one id, with its state, or None if it holds nothing."""
     columns = [name.strip() for name in DEAD_LETTER_COLUMNS.split(",")]
-    row = connection.execute(
-        f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (record_id,)
-    ).fetchone()
+    row = connection.execute(f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (record_id,)).fetchone()
     if row:
         return {"state": "dead-lettered", **_decoded(dict(zip(columns, row, strict=True)))}
     record_columns = [name.strip() for name in RECORD_COLUMNS.split(",")]
     row = connection.execute(f"SELECT {RECORD_COLUMNS} FROM records WHERE id = ?", (record_id,)).fetchone()
     if row:
         return {"state": "stored", **_decoded(dict(zip(record_columns, row, strict=True)))}
-    row = connection.execute(
-        "SELECT id, lane, delivered_at FROM delivered WHERE id = ?", (record_id,)
-    ).fetchone()
+    row = connection.execute("SELECT id, lane, delivered_at FROM delivered WHERE id = ?", (record_id,)).fetchone()
     if row:
         return _with_lane_label({"state": "forwarded", "id": row[0], "lane": row[1], "delivered_at": row[2]})
     return None
@@ -247,9 +240,7 @@ def purge(
             ]
         else:
             where, parameters = _filters(status=status, failed_before=failed_before)
-            chosen = [
-                row[0] for row in connection.execute(f"SELECT id FROM dead_letters {where}", parameters)
-            ]
+            chosen = [row[0] for row in connection.execute(f"SELECT id FROM dead_letters {where}", parameters)]
         for record_id in chosen:
             connection.execute("DELETE FROM dead_letters WHERE id = ?", (record_id,))
         connection.execute("COMMIT")
@@ -317,9 +308,7 @@ def _add_delivered(connection: sqlite3.Connection, rows: list[tuple[str, int, st
     return added
 
 
-def _add_dead_letters(
-    connection: sqlite3.Connection, rows: list[tuple[Any, ...]], report: SalvageReport
-) -> int:
+def _add_dead_letters(connection: sqlite3.Connection, rows: list[tuple[Any, ...]], report: SalvageReport) -> int:
     columns = DEAD_LETTER_COLUMNS.split(", ", 1)[1]
     marks = ",".join("?" * len(columns.split(",")))
     connection.execute("BEGIN IMMEDIATE")

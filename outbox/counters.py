@@ -57,9 +57,7 @@ class Counters:
 
     def shed_by_source(self) -> dict[str, int]:
         prefix = SHED_RECORDS + ":"
-        return {
-            name.removeprefix(prefix): value for name, value in self.named.items() if name.startswith(prefix)
-        }
+        return {name.removeprefix(prefix): value for name, value in self.named.items() if name.startswith(prefix)}
 
 
 @dataclass

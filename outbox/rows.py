@@ -8,9 +8,7 @@ from typing import Any
 from outbox.records import Lane, Record, StoredRecord, format_time, parse_time
 
 # The columns `records` and `dead_letters` share, in the order `stored_from_row` reads them.
-RECORD_COLUMNS = (
-    "seq, id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts"
-)
+RECORD_COLUMNS = "seq, id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts"
 INSERT_RECORD = (
     "INSERT INTO records (id, lane, source, kind, subject, source_time, captured_at, quality,"
     " payload, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

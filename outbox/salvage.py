@@ -117,9 +117,7 @@ def read_delivered_ids(connection: sqlite3.Connection, report: SalvageReport) ->
     rows: dict[str, tuple[str, int, str]] = {}
     for order in ("ASC", "DESC"):
         try:
-            for row in connection.execute(
-                f"SELECT id, lane, delivered_at FROM delivered ORDER BY id {order}"
-            ):
+            for row in connection.execute(f"SELECT id, lane, delivered_at FROM delivered ORDER BY id {order}"):
                 rows[row[0]] = row
         except sqlite3.DatabaseError as error:
             report.unreadable.append(f"delivered ({order} scan stopped): {error}")

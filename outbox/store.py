@@ -141,6 +141,8 @@ class Outbox:
         self._failed_since_ok = 0
         self._clock_warned: set[str] = set()
         self._data_version = 0
+        # Seqs of the telemetry in the forwarder's latest batch, which budget shedding skips.
+        self._in_flight: set[int] = set()
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -167,9 +169,7 @@ class Outbox:
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
         self._writer_task = self._task_group.create_task(self._write_loop(), name="outbox-writer")
-        self._housekeeper_task = self._task_group.create_task(
-            self._housekeeping_loop(), name="outbox-housekeeper"
-        )
+        self._housekeeper_task = self._task_group.create_task(self._housekeeping_loop(), name="outbox-housekeeper")
         log.info("outbox opened", extra={"path": str(self.path), "records": self._counters.depth})
         return self
 
@@ -212,7 +212,7 @@ class Outbox:
             error=f"{type(damage).__name__}: {damage}",
             detected_at=format_time(self.clock.now()),
         )
-        log.error(self.startup_incident.message, extra=self.startup_incident.as_dict())
+        log.error(self.startup_incident.message, extra={"path": str(self.path), "moved_to": str(moved_to)})
         await asyncio.to_thread(prepare_file, self.path, check=False)
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -248,9 +248,7 @@ class Outbox:
         Always returns at least one record when any is waiting, even one over `max_bytes`.
         Raises OutboxUnavailable if the file cannot be read.
         """
-        rows = await self._read(
-            f"SELECT {RECORD_COLUMNS} FROM records ORDER BY lane, seq LIMIT ?", (max_records,)
-        )
+        rows = await self._read(f"SELECT {RECORD_COLUMNS} FROM records ORDER BY lane, seq LIMIT ?", (max_records,))
         batch: list[StoredRecord] = []
         total = 0
         for row in rows:
@@ -259,6 +257,7 @@ class Outbox:
                 break
             batch.append(stored)
             total += stored.size
+        self._in_flight = {stored.seq for stored in batch if stored.record.lane == Lane.TELEMETRY}
         return batch
 
     async def acknowledge(self, seqs: Iterable[int]) -> None:
@@ -294,9 +293,7 @@ class Outbox:
     async def stats(self) -> OutboxStats:
         oldest: dict[str, str | None] = {}
         for lane in Lane:
-            rows = await self._read(
-                "SELECT captured_at FROM records WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),)
-            )
+            rows = await self._read("SELECT captured_at FROM records WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),))
             oldest[lane.label] = rows[0][0] if rows else None
         counters = self._counters
         return OutboxStats(
@@ -409,9 +406,7 @@ class Outbox:
             elif len(ops) == 1:
                 self._fail_request(ops[0], error)
             else:
-                log.warning(
-                    "outbox group commit failed; retrying its %d operations one by one: %s", len(ops), error
-                )
+                log.warning("outbox group commit failed; retrying its %d operations one by one: %s", len(ops), error)
                 await self._commit_one_by_one(ops)
             return
         for op, result in zip(ops, results, strict=True):
@@ -497,14 +492,10 @@ class Outbox:
                 )
 
     def _fail_request(self, op: _Op, error: Exception) -> None:
-        log.error(
-            "outbox request failed: %s: %s", type(error).__name__, error, extra={"path": str(self.path)}
-        )
+        log.error("outbox request failed: %s: %s", type(error).__name__, error, extra={"path": str(self.path)})
         if not op.future.done():
             op.future.set_exception(
-                OutboxUnavailable(
-                    f"outbox {self.path} could not commit: {error}; nothing of this request was stored"
-                )
+                OutboxUnavailable(f"outbox {self.path} could not commit: {error}; nothing of this request was stored")
             )
 
     async def _run_transaction(self, ops: list[_Op]) -> list[Any]:
@@ -523,9 +514,7 @@ class Outbox:
                 elif isinstance(op, _DeadLetter):
                     results.append(await self._apply_dead_letter(db, op, pending))
                 elif isinstance(op, _CountAttempt):
-                    await _execute_chunked(
-                        db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs
-                    )
+                    await _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
                     results.append(None)
             await self._maybe_prune(db)
             deltas = dict(pending.named)
@@ -592,19 +581,28 @@ class Outbox:
             )
 
     async def _shed_stored(self, db: aiosqlite.Connection, needed: int, pending: Counters) -> None:
-        """Delete the oldest stored telemetry until `needed` bytes are freed, counting each record."""
+        """Delete the oldest stored telemetry until `needed` bytes are freed, counting each record.
+
+        Records in the forwarder's current batch are skipped: they are on their way to the
+        receiver, so shedding them would count as lost what is in fact delivered. The budget
+        can therefore be exceeded by at most one forwarded batch.
+        """
         freed = 0
+        after = 0
         while freed < needed:
             rows = list(
                 await db.execute_fetchall(
-                    "SELECT seq, size, source FROM records WHERE lane = ? ORDER BY seq LIMIT 1000",
-                    (int(Lane.TELEMETRY),),
+                    "SELECT seq, size, source FROM records WHERE lane = ? AND seq > ? ORDER BY seq LIMIT 1000",
+                    (int(Lane.TELEMETRY), after),
                 )
             )
             if not rows:
                 return
+            after = rows[-1][0]
             chosen = []
             for seq, size, source in rows:
+                if seq in self._in_flight:
+                    continue
                 chosen.append(seq)
                 freed += size
                 pending.count_shed(source, size)
@@ -612,9 +610,7 @@ class Outbox:
                 pending.lanes[Lane.TELEMETRY].bytes -= size
                 if freed >= needed:
                     break
-            await db.execute(
-                "DELETE FROM records WHERE lane = ? AND seq <= ?", (int(Lane.TELEMETRY), chosen[-1])
-            )
+            await _execute_chunked(db, "DELETE FROM records WHERE seq IN ({})", chosen)
 
     async def _apply_acknowledge(self, db: aiosqlite.Connection, seqs: list[int], pending: Counters) -> None:
         now = format_time(self.clock.now())
@@ -643,9 +639,7 @@ class Outbox:
                 f" SELECT {RECORD_COLUMNS}, ?, ?, ? FROM records WHERE seq IN ({marks})",
                 (op.status, op.reason, now, *chunk),
             )
-            rows = await db.execute_fetchall(
-                f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk
-            )
+            rows = await db.execute_fetchall(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk)
             for lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
                 pending.lanes[Lane(lane)].bytes -= size

@@ -303,3 +303,20 @@ async def test_close_twice_then_append_raises_unavailable(outbox_path: Path) -> 
 async def test_empty_append_returns_empty(outbox: Outbox) -> None:
     assert await outbox.append([]) == []
     assert outbox.commits == 0
+
+
+async def test_budget_does_not_shed_records_being_forwarded(outbox_path: Path) -> None:
+    one = make_record(payload_bytes=900).size
+    async with Outbox(outbox_path, max_bytes=4 * one, telemetry_share=1.0) as outbox:
+        await outbox.append(make_records(4, payload_bytes=900))
+        in_flight = await outbox.next_batch(2, 10**9)
+
+        await outbox.append(make_records(3, start=10, payload_bytes=900))
+        stats = await outbox.stats()
+        kept = [stored.record.subject for stored in await outbox.next_batch(100, 10**9)]
+        await outbox.acknowledge([stored.seq for stored in in_flight])
+
+    assert [stored.record.subject for stored in in_flight] == ["item-0", "item-1"]
+    assert kept == ["item-0", "item-1", "item-10", "item-11", "item-12"]
+    assert stats.shed_records == 2
+    assert stats.depth["telemetry"] == 5

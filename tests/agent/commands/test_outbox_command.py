@@ -46,9 +46,7 @@ async def outbox_with_dead_letters(path: Path) -> list[str]:
         await outbox.append(make_records(5))
         transactions = make_records(3, lane=Lane.TRANSACTION, start=100)
         await outbox.append(transactions)
-        batch = [
-            stored for stored in await outbox.next_batch(100, 10**9) if stored.record.lane == Lane.TRANSACTION
-        ]
+        batch = [stored for stored in await outbox.next_batch(100, 10**9) if stored.record.lane == Lane.TRANSACTION]
         await outbox.dead_letter([batch[0].seq, batch[1].seq], 422, "field 'qty' is not a number")
         await outbox.dead_letter([batch[2].seq], 400, "unknown plant")
     return [record.id for record in transactions]
@@ -100,9 +98,7 @@ async def test_requeue_needs_confirmation(outbox_path: Path) -> None:
 async def test_requeue_beside_open_outbox_updates_its_counters(outbox_path: Path) -> None:
     ids = await outbox_with_dead_letters(outbox_path)
     async with Outbox(outbox_path, housekeeping_interval_s=3600) as outbox:
-        result = plantgate(
-            "outbox", "requeue", ids[0], ids[1], "unknown-id", "--yes", "--outbox", str(outbox_path)
-        )
+        result = plantgate("outbox", "requeue", ids[0], ids[1], "unknown-id", "--yes", "--outbox", str(outbox_path))
         await outbox.housekeep()
         stats = await outbox.stats()
         batch = await outbox.next_batch(2, 10**9)
