@@ -24,6 +24,7 @@ import json
 import platform
 import resource
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,22 +117,39 @@ def persist_queue_appends(folder: Path, records: list[Record]) -> float:
     return len(records) / elapsed
 
 
-def run_appends(folder: Path, count: int, batch: int, single_count: int) -> dict[str, float]:
+def run_appends(folder: Path, count: int, batch: int, single_count: int, rounds: int) -> dict[str, float]:
+    """Median records per second of each method over `rounds` rounds.
+
+    Each round runs every method once, on fresh files, so a disk that slows down for a while
+    (other work on the machine) weighs on all methods alike rather than on one.
+    """
     records = make_records(count)
     single = records[:single_count]
-    results: dict[str, float] = {}
+    samples: dict[str, list[float]] = {}
 
-    print(f"appends: {count} records in batches of {batch}", file=sys.stderr)
-    results["outbox_batch"] = asyncio.run(outbox_appends(folder / "a1.sqlite", records, batch, producers=1))
-    results["outbox_batch_8_producers"] = asyncio.run(outbox_appends(folder / "a2.sqlite", records, batch, producers=8))
-    results["sqlite_batch"] = sqlite_appends(folder / "a3.sqlite", records, batch)
+    def sample(name: str, rate: float) -> None:
+        samples.setdefault(name, []).append(rate)
 
-    print(f"appends: {single_count} records one per call", file=sys.stderr)
-    results["outbox_single"] = asyncio.run(outbox_appends(folder / "a4.sqlite", single, 1, producers=1))
-    results["outbox_single_8_producers"] = asyncio.run(outbox_appends(folder / "a5.sqlite", single, 1, producers=8))
-    results["sqlite_single"] = sqlite_appends(folder / "a6.sqlite", single, 1)
-    results["persist_queue_single"] = persist_queue_appends(folder / "pq", single)
-    return results
+    for round_number in range(rounds):
+        where = folder / f"round-{round_number}"
+        where.mkdir()
+        print(f"round {round_number + 1}/{rounds}: {count} records in batches of {batch}", file=sys.stderr)
+        sample("outbox_batch", asyncio.run(outbox_appends(where / "a1.sqlite", records, batch, producers=1)))
+        sample(
+            "outbox_batch_8_producers",
+            asyncio.run(outbox_appends(where / "a2.sqlite", records, batch, producers=8)),
+        )
+        sample("sqlite_batch", sqlite_appends(where / "a3.sqlite", records, batch))
+
+        print(f"round {round_number + 1}/{rounds}: {single_count} records one per call", file=sys.stderr)
+        sample("outbox_single", asyncio.run(outbox_appends(where / "a4.sqlite", single, 1, producers=1)))
+        sample(
+            "outbox_single_8_producers",
+            asyncio.run(outbox_appends(where / "a5.sqlite", single, 1, producers=8)),
+        )
+        sample("sqlite_single", sqlite_appends(where / "a6.sqlite", single, 1))
+        sample("persist_queue_single", persist_queue_appends(where / "pq", single))
+    return {name: statistics.median(rates) for name, rates in samples.items()}
 
 
 # -- drain -----------------------------------------------------------------------------------
@@ -192,6 +210,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000, help="records for the batched appends")
     parser.add_argument("--batch", type=int, default=100, help="records per append call and per transaction")
     parser.add_argument("--single", type=int, default=2_000, help="records for the one-per-call comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the append measurements (median)")
     parser.add_argument("--drain", type=int, default=200_000, help="backlog size for the drain (0 to skip)")
     parser.add_argument("--drain-batch", type=int, default=500, help="records per forwarded batch")
     parser.add_argument("--dir", type=Path, default=Path.cwd(), help="folder for the temporary files")
@@ -204,13 +223,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-outbox-") as scratch:
         folder = Path(scratch)
-        appends = run_appends(folder, args.records, args.batch, args.single)
+        appends = run_appends(folder, args.records, args.batch, args.single, args.rounds)
         drained = run_drain(folder, args.drain, args.drain_batch) if args.drain else None
 
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}, "
         f"sqlite {sqlite3.sqlite_version}, folder on {args.dir}"
     )
+    print(f"appends, median of {args.rounds} rounds")
     print(f"appends in batches of {args.batch} ({args.records} records), records/s:")
     print(f"  outbox, 1 producer      {appends['outbox_batch']:>10.0f}")
     print(f"  outbox, 8 producers     {appends['outbox_batch_8_producers']:>10.0f}")

@@ -144,7 +144,9 @@ class Outbox:
         # Seqs of the telemetry in the forwarder's latest batch, which budget shedding skips.
         self._in_flight: set[int] = set()
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
-        self._writer: aiosqlite.Connection | None = None
+        # The writer is a plain sqlite3 connection, and each transaction runs in one worker thread
+        # call, so a commit costs one thread hop rather than one per statement.
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._task_group: asyncio.TaskGroup | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -156,10 +158,10 @@ class Outbox:
     async def __aenter__(self) -> Outbox:
         await self._open_file()
         try:
-            self._writer = await self._connect()
+            self._writer = await asyncio.to_thread(self._connect_writer)
             self._reader = await self._connect()
-            await self._load_counters(self._reader)
-            self._data_version = await _data_version(self._writer)
+            self._counters = await asyncio.to_thread(_read_counters, self._writer)
+            self._data_version = await asyncio.to_thread(_data_version, self._writer)
         except sqlite3.Error as error:
             await self.close()
             raise OutboxUnavailable(
@@ -186,11 +188,12 @@ class Outbox:
             if self._writer_task is not None:
                 self._writer_task.cancel()
             await task_group.__aexit__(None, None, None)
-        for name in ("_writer", "_reader"):
-            connection = getattr(self, name)
-            if connection is not None:
-                setattr(self, name, None)
-                await connection.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.to_thread(writer.close)
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
 
     async def _open_file(self) -> None:
         """Prepare the file; with startup checks, move a damaged one aside and start a new one."""
@@ -217,12 +220,25 @@ class Outbox:
 
     async def _connect(self) -> aiosqlite.Connection:
         connection = await aiosqlite.connect(self.path, isolation_level=None)
-        # FULL: in WAL mode SQLite syncs the log at every commit, so a commit survives power loss.
-        await connection.execute("PRAGMA synchronous = FULL")
-        await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-        # Truncate the WAL back to this size after each reset, so one burst does not keep it large.
-        await connection.execute(f"PRAGMA journal_size_limit = {int(self.wal_max_bytes)}")
+        for pragma in self._pragmas():
+            await connection.execute(pragma)
         return connection
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        # Used by one thread at a time: the writer task waits for each call to finish.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in self._pragmas():
+            connection.execute(pragma)
+        return connection
+
+    def _pragmas(self) -> list[str]:
+        return [
+            # FULL: in WAL mode SQLite syncs the log at every commit, so a commit survives power loss.
+            "PRAGMA synchronous = FULL",
+            f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}",
+            # Truncate the WAL back to this size after each reset, so one burst does not keep it large.
+            f"PRAGMA journal_size_limit = {int(self.wal_max_bytes)}",
+        ]
 
     # -- producers --------------------------------------------------------------------------
 
@@ -366,7 +382,7 @@ class Outbox:
                 if changes:
                     await self._commit_group(changes)
                 if chores:
-                    await self._housekeep()
+                    await asyncio.to_thread(self._housekeep)
                     for op in chores:
                         _settle(op, None)
             except Exception as error:
@@ -433,7 +449,7 @@ class Outbox:
         delay = 0.05
         while True:
             try:
-                results = await self._run_transaction(ops)
+                results, pending = await asyncio.to_thread(self._run_transaction, ops)
             except sqlite3.Error as error:
                 waited = self.clock.monotonic() - started
                 if classify(error) is not Failure.BUSY or waited + delay > self.busy_retry_s:
@@ -442,6 +458,9 @@ class Outbox:
                 await self.clock.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            # Counters change only on the event loop's thread, so stats() never sees them half updated.
+            self._counters.merge(pending)
+            self._unsaved = Counters()
             self._commit_succeeded()
             return results
 
@@ -498,43 +517,42 @@ class Outbox:
                 OutboxUnavailable(f"outbox {self.path} could not commit: {error}; nothing of this request was stored")
             )
 
-    async def _run_transaction(self, ops: list[_Op]) -> list[Any]:
+    def _run_transaction(self, ops: list[_Op]) -> tuple[list[Any], Counters]:
+        """Apply `ops` in one transaction, in the calling worker thread; return each op's result
+        and the counter changes to merge once the commit is done."""
         db = self._require(self._writer)
         pending = Counters(lanes={lane: LaneTally() for lane in Lane})
         results: list[Any] = []
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            await self._reload_if_changed(db)
+            self._reload_if_changed(db)
             seen: set[str] = set()
             for op in ops:
                 if isinstance(op, _Append):
-                    results.append(await self._apply_append(db, op, seen, pending))
+                    results.append(self._apply_append(db, op, seen, pending))
                 elif isinstance(op, _Acknowledge):
-                    results.append(await self._apply_acknowledge(db, op.seqs, pending))
+                    results.append(self._apply_acknowledge(db, op.seqs, pending))
                 elif isinstance(op, _DeadLetter):
-                    results.append(await self._apply_dead_letter(db, op, pending))
+                    results.append(self._apply_dead_letter(db, op, pending))
                 elif isinstance(op, _CountAttempt):
-                    await _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
+                    _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
                     results.append(None)
-            await self._maybe_prune(db)
+            self._maybe_prune(db)
             deltas = dict(pending.named)
             for name, value in self._unsaved.named.items():
                 deltas[name] = deltas.get(name, 0) + value
-            await _write_counters(db, deltas)
-            await db.execute("COMMIT")
+            _write_counters(db, deltas)
+            db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             raise
+        return results, pending
 
-        self._counters.merge(pending)
-        self._unsaved = Counters()
-        return results
-
-    async def _apply_append(
-        self, db: aiosqlite.Connection, op: _Append, seen: set[str], pending: Counters
+    def _apply_append(
+        self, db: sqlite3.Connection, op: _Append, seen: set[str], pending: Counters
     ) -> list[bool] | OutboxError:
-        held = await _existing_ids(db, [record.id for record in op.records])
+        held = _existing_ids(db, [record.id for record in op.records])
         fresh: list[Record] = []
         stored_flags: list[bool] = []
         claimed: set[str] = set()
@@ -553,13 +571,13 @@ class Outbox:
         seen.update(claimed)
 
         if plan.shed_stored_bytes > 0:
-            await self._shed_stored(db, plan.shed_stored_bytes, pending)
+            self._shed_stored(db, plan.shed_stored_bytes, pending)
         for record in plan.shed_incoming:
             pending.count_shed(record.source, record.size)
 
         shed_ids = plan.shed_incoming_ids
         keep = [record for record in fresh if record.id not in shed_ids]
-        await db.executemany(INSERT_RECORD, [row_for(record) for record in keep])
+        db.executemany(INSERT_RECORD, [row_for(record) for record in keep])
         for record in keep:
             tally = pending.lanes[record.lane]
             tally.count += 1
@@ -580,7 +598,7 @@ class Outbox:
                 extra={"source": record.source, "record_id": record.id},
             )
 
-    async def _shed_stored(self, db: aiosqlite.Connection, needed: int, pending: Counters) -> None:
+    def _shed_stored(self, db: sqlite3.Connection, needed: int, pending: Counters) -> None:
         """Delete the oldest stored telemetry until `needed` bytes are freed, counting each record.
 
         Records in the forwarder's current batch are skipped: they are on their way to the
@@ -590,12 +608,10 @@ class Outbox:
         freed = 0
         after = 0
         while freed < needed:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT seq, size, source FROM records WHERE lane = ? AND seq > ? ORDER BY seq LIMIT 1000",
-                    (int(Lane.TELEMETRY), after),
-                )
-            )
+            rows = db.execute(
+                "SELECT seq, size, source FROM records WHERE lane = ? AND seq > ? ORDER BY seq LIMIT 1000",
+                (int(Lane.TELEMETRY), after),
+            ).fetchall()
             if not rows:
                 return
             after = rows[-1][0]
@@ -610,15 +626,13 @@ class Outbox:
                 pending.lanes[Lane.TELEMETRY].bytes -= size
                 if freed >= needed:
                     break
-            await _execute_chunked(db, "DELETE FROM records WHERE seq IN ({})", chosen)
+            _execute_chunked(db, "DELETE FROM records WHERE seq IN ({})", chosen)
 
-    async def _apply_acknowledge(self, db: aiosqlite.Connection, seqs: list[int], pending: Counters) -> None:
+    def _apply_acknowledge(self, db: sqlite3.Connection, seqs: list[int], pending: Counters) -> None:
         now = format_time(self.clock.now())
         for chunk in _chunks(seqs):
             marks = ",".join("?" * len(chunk))
-            rows = await db.execute_fetchall(
-                f"DELETE FROM records WHERE seq IN ({marks}) RETURNING id, lane, size", chunk
-            )
+            rows = db.execute(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING id, lane, size", chunk).fetchall()
             kept_ids = []
             for record_id, lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
@@ -626,20 +640,18 @@ class Outbox:
                 if lane != Lane.TELEMETRY:
                     kept_ids.append((record_id, lane, now))
             if kept_ids:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO delivered (id, lane, delivered_at) VALUES (?, ?, ?)", kept_ids
-                )
+                db.executemany("INSERT OR IGNORE INTO delivered (id, lane, delivered_at) VALUES (?, ?, ?)", kept_ids)
 
-    async def _apply_dead_letter(self, db: aiosqlite.Connection, op: _DeadLetter, pending: Counters) -> None:
+    def _apply_dead_letter(self, db: sqlite3.Connection, op: _DeadLetter, pending: Counters) -> None:
         now = format_time(self.clock.now())
         for chunk in _chunks(op.seqs):
             marks = ",".join("?" * len(chunk))
-            await db.execute(
+            db.execute(
                 f"INSERT OR IGNORE INTO dead_letters ({RECORD_COLUMNS}, status, reason, failed_at)"
                 f" SELECT {RECORD_COLUMNS}, ?, ?, ? FROM records WHERE seq IN ({marks})",
                 (op.status, op.reason, now, *chunk),
             )
-            rows = await db.execute_fetchall(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk)
+            rows = db.execute(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk).fetchall()
             for lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
                 pending.lanes[Lane(lane)].bytes -= size
@@ -649,51 +661,51 @@ class Outbox:
             extra={"count": len(op.seqs), "status": op.status, "reason": op.reason[:200]},
         )
 
-    async def _maybe_prune(self, db: aiosqlite.Connection) -> None:
+    def _maybe_prune(self, db: sqlite3.Connection) -> None:
         # Monotonic time paces the pruning; only the cutoff uses wall time, as delivered_at does.
         now = self.clock.monotonic()
         if now - self._last_prune < PRUNE_INTERVAL_S:
             return
         self._last_prune = now
         cutoff = format_time(self.clock.now() - self.delivered_retention)
-        await db.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,))
+        db.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,))
 
     # -- housekeeping -----------------------------------------------------------------------
 
-    async def _housekeep(self) -> None:
+    def _housekeep(self) -> None:
         db = self._require(self._writer)
         try:
-            if await _data_version(db) != self._data_version:
-                await db.execute("BEGIN")
+            if _data_version(db) != self._data_version:
+                db.execute("BEGIN")
                 try:
-                    await self._reload_if_changed(db)
+                    self._reload_if_changed(db)
                 finally:
-                    await db.execute("COMMIT")
-            await self._check_wal(db)
+                    db.execute("COMMIT")
+            self._check_wal(db)
         except sqlite3.Error as error:
             if classify(error) is None:
                 raise
             log.warning("outbox housekeeping failed: %s", error, extra={"path": str(self.path)})
 
-    async def _reload_if_changed(self, db: aiosqlite.Connection) -> None:
+    def _reload_if_changed(self, db: sqlite3.Connection) -> None:
         """Reload the counters if another connection committed since this one last looked.
 
         `PRAGMA data_version` changes only for commits by other connections, so the writer's
         own commits never cause a reload. Call inside a transaction so the counts are consistent.
         """
-        version = await _data_version(db)
+        version = _data_version(db)
         if version == self._data_version:
             return
         self._data_version = version
-        self._counters = Counters()
-        await self._load_counters(db)
-        self._counters.merge(self._unsaved)
+        counters = _read_counters(db)
+        counters.merge(self._unsaved)
+        self._counters = counters
         log.info(
             "outbox counters reloaded after a change by another process",
             extra={"path": str(self.path), "records": self._counters.depth},
         )
 
-    async def _check_wal(self, db: aiosqlite.Connection) -> None:
+    def _check_wal(self, db: sqlite3.Connection) -> None:
         """Checkpoint and truncate the WAL once it is over `wal_max_bytes`.
 
         SQLite's automatic checkpoints cannot reset the log while another connection reads an
@@ -703,12 +715,12 @@ class Outbox:
         if _file_size(self.wal_path) <= self.wal_max_bytes and not self.wal_checkpoint_blocked:
             return
         # Do not wait for readers here: the writer must stay free for producers.
-        await db.execute("PRAGMA busy_timeout = 0")
+        db.execute("PRAGMA busy_timeout = 0")
         try:
-            cursor = await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy, log_frames, checkpointed = await cursor.fetchone()  # type: ignore[misc]
+            cursor = db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, log_frames, checkpointed = cursor.fetchone()
         finally:
-            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         self.checkpoints += 1
 
         blocked = bool(busy) or checkpointed < log_frames
@@ -724,19 +736,8 @@ class Outbox:
             log.info("outbox write-ahead log checkpointed again", extra={"path": str(self.path)})
         self.wal_checkpoint_blocked = blocked
 
-    async def _load_counters(self, db: aiosqlite.Connection) -> None:
-        for lane, count, size in await db.execute_fetchall(
-            "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY lane"
-        ):
-            self._counters.lanes[Lane(lane)] = LaneTally(count=count, bytes=size)
-        rows = list(await db.execute_fetchall("SELECT COUNT(*) FROM dead_letters"))
-        self._counters.dead_letters = rows[0][0]
-        self._counters.named = {
-            name: value for name, value in await db.execute_fetchall("SELECT name, value FROM counters")
-        }
-
     @staticmethod
-    def _require(connection: aiosqlite.Connection | None) -> aiosqlite.Connection:
+    def _require(connection: Any) -> Any:
         if connection is None:
             raise OutboxUnavailable("outbox is not open")
         return connection
@@ -749,9 +750,20 @@ def _failure(error: BaseException) -> Failure:
     return classify(error) or Failure.STORAGE
 
 
-async def _data_version(db: aiosqlite.Connection) -> int:
-    cursor = await db.execute("PRAGMA data_version")
-    row = await cursor.fetchone()
+def _read_counters(db: sqlite3.Connection) -> Counters:
+    counters = Counters()
+    for lane, count, size in db.execute(
+        "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY lane"
+    ).fetchall():
+        counters.lanes[Lane(lane)] = LaneTally(count=count, bytes=size)
+    counters.dead_letters = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+    counters.named = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    return counters
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    cursor = db.execute("PRAGMA data_version")
+    row = cursor.fetchone()
     return int(row[0]) if row else 0
 
 
@@ -760,24 +772,24 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + IN_CHUNK]
 
 
-async def _execute_chunked(db: aiosqlite.Connection, sql: str, values: Sequence[Any]) -> None:
+def _execute_chunked(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> None:
     for chunk in _chunks(values):
-        await db.execute(sql.format(",".join("?" * len(chunk))), chunk)
+        db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
 
-async def _existing_ids(db: aiosqlite.Connection, ids: list[str]) -> set[str]:
+def _existing_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
     held: set[str] = set()
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
         for table in ("records", "delivered", "dead_letters"):
-            rows = await db.execute_fetchall(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)
+            rows = db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk).fetchall()
             held.update(row[0] for row in rows)
     return held
 
 
-async def _write_counters(db: aiosqlite.Connection, deltas: dict[str, int]) -> None:
+def _write_counters(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
     if deltas:
-        await db.executemany(
+        db.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?)"
             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             list(deltas.items()),

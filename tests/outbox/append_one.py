@@ -20,14 +20,12 @@ from tests.outbox.conftest import make_record
 async def main(path: Path, unsafe: bool) -> None:
     outbox = Outbox(path, housekeeping_interval_s=3600)
     if unsafe:
-        connect = outbox._connect
+        pragmas = outbox._pragmas
 
-        async def connect_without_sync() -> object:
-            connection = await connect()
-            await connection.execute("PRAGMA synchronous = NORMAL")
-            return connection
+        def pragmas_without_sync() -> list[str]:
+            return [*pragmas(), "PRAGMA synchronous = NORMAL"]
 
-        outbox._connect = connect_without_sync  # type: ignore[method-assign]
+        outbox._pragmas = pragmas_without_sync  # type: ignore[method-assign]
     async with outbox:
         # Open and warm the file first, so the traced commit is the record's own.
         await outbox.append([make_record(number=0, lane=Lane.EVENT)])
