@@ -42,10 +42,11 @@ class Counters:
     def add(self, name: str, amount: int) -> None:
         self.named[name] = self.named.get(name, 0) + amount
 
-    def count_shed(self, source: str, size: int) -> None:
-        self.add(SHED_RECORDS, 1)
-        self.add(SHED_BYTES, size)
-        self.add(f"{SHED_RECORDS}:{source}", 1)
+    def count_shed(self, source: str, size: int, sign: int = 1) -> None:
+        """Count one shed record of `size` bytes from `source`; `sign=-1` takes one back."""
+        self.add(SHED_RECORDS, sign)
+        self.add(SHED_BYTES, sign * size)
+        self.add(f"{SHED_RECORDS}:{source}", sign)
 
     def merge(self, other: Counters) -> None:
         for lane, tally in other.lanes.items():

@@ -141,8 +141,9 @@ class Outbox:
         self._failed_since_ok = 0
         self._clock_warned: set[str] = set()
         self._data_version = 0
-        # Seqs of the telemetry in the forwarder's latest batch, which budget shedding skips.
-        self._in_flight: set[int] = set()
+        # Telemetry in the forwarder's latest batch, seq -> (source, size): budget shedding skips
+        # these, and an acknowledgement of one that was shed anyway takes back its shed count.
+        self._in_flight: dict[int, tuple[str, int]] = {}
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
         # The writer is a plain sqlite3 connection, and each transaction runs in one worker thread
         # call, so a commit costs one thread hop rather than one per statement.
@@ -273,7 +274,9 @@ class Outbox:
                 break
             batch.append(stored)
             total += stored.size
-        self._in_flight = {stored.seq for stored in batch if stored.record.lane == Lane.TELEMETRY}
+        self._in_flight = {
+            stored.seq: (stored.record.source, stored.size) for stored in batch if stored.record.lane == Lane.TELEMETRY
+        }
         return batch
 
     async def acknowledge(self, seqs: Iterable[int]) -> None:
@@ -632,15 +635,30 @@ class Outbox:
         now = format_time(self.clock.now())
         for chunk in _chunks(seqs):
             marks = ",".join("?" * len(chunk))
-            rows = db.execute(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING id, lane, size", chunk).fetchall()
+            rows = db.execute(
+                f"DELETE FROM records WHERE seq IN ({marks}) RETURNING seq, id, lane, size", chunk
+            ).fetchall()
+            self._uncount_shed_in_flight(chunk, {row[0] for row in rows}, pending)
             kept_ids = []
-            for record_id, lane, size in rows:
+            for _, record_id, lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
                 pending.lanes[Lane(lane)].bytes -= size
                 if lane != Lane.TELEMETRY:
                     kept_ids.append((record_id, lane, now))
             if kept_ids:
                 db.executemany("INSERT OR IGNORE INTO delivered (id, lane, delivered_at) VALUES (?, ?, ?)", kept_ids)
+
+    def _uncount_shed_in_flight(self, acknowledged: Sequence[int], deleted: set[int], pending: Counters) -> None:
+        """Take back the shed count of records the receiver acknowledged after the budget shed them.
+
+        A batch read just before a commit that shed its records can still be sent: the reader's
+        snapshot predates the shedding. Those records were delivered, so they are not lost.
+        """
+        in_flight = self._in_flight
+        for seq in acknowledged:
+            if seq not in deleted and seq in in_flight:
+                source, size = in_flight[seq]
+                pending.count_shed(source, size, sign=-1)
 
     def _apply_dead_letter(self, db: sqlite3.Connection, op: _DeadLetter, pending: Counters) -> None:
         now = format_time(self.clock.now())

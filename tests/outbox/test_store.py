@@ -320,3 +320,26 @@ async def test_budget_does_not_shed_records_being_forwarded(outbox_path: Path) -
     assert kept == ["item-0", "item-1", "item-10", "item-11", "item-12"]
     assert stats.shed_records == 2
     assert stats.depth["telemetry"] == 5
+
+
+async def test_acknowledged_after_shed_is_not_counted_as_shed(outbox_path: Path) -> None:
+    one = make_record(payload_bytes=900).size
+    async with Outbox(outbox_path, max_bytes=4 * one, telemetry_share=1.0) as outbox:
+        await outbox.append(make_records(4, payload_bytes=900))
+        in_flight = await outbox.next_batch(2, 10**9)
+        # The writer may run its shedding before next_batch records the batch as in flight (the
+        # reader's snapshot predates the commit); forgetting the batch reproduces that order.
+        remembered = outbox._in_flight
+        outbox._in_flight = {}
+        await outbox.append(make_records(2, start=4, payload_bytes=900))
+        shed_before_ack = (await outbox.stats()).shed_by_source
+        outbox._in_flight = remembered
+
+        await outbox.acknowledge([stored.seq for stored in in_flight])
+        stats = await outbox.stats()
+
+    assert shed_before_ack == {"press-1": 2}
+    assert stats.shed_by_source == {"press-1": 0}
+    assert stats.shed_records == 0
+    assert stats.shed_bytes == 0
+    assert stats.depth["telemetry"] == 4
