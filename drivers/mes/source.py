@@ -23,7 +23,7 @@ from outbox.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
-# On stop, requests already waiting for their commit get this long to finish and be answered.
+# On stop, requests already waiting for their commit get this long to finish and get a response.
 SHUTDOWN_TIMEOUT_S = 10.0
 
 

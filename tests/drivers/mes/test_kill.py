@@ -2,7 +2,7 @@
 transactions and drops files, then started again.
 
 Afterwards every transaction that got a 2xx, and every transaction of a file that reached
-processed/, is at the receiver exactly once; no transaction that got an error answer, and none
+processed/, is at the receiver exactly once. No transaction that got an error status, and none
 of a file moved to error/, is there.
 """
 
@@ -68,7 +68,7 @@ poll_interval_s = 0.05
 
 @dataclass
 class MesLedger:
-    """What the simulated MES was told, per transaction id."""
+    """The responses the simulated MES received, by transaction id, and the files it wrote."""
 
     accepted: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)
