@@ -116,7 +116,7 @@ class DropCounters:
     files_rejected: int = 0
     transactions_created: int = 0
     transactions_duplicate: int = 0
-    outbox_refusals: int = 0
+    outbox_rejections: int = 0
 
 
 @dataclass
@@ -187,7 +187,7 @@ class DropFolder:
         try:
             stored_now = await self.sink.append(records)
         except (OutboxFull, OutboxUnavailable) as error:
-            self.counters.outbox_refusals += 1
+            self.counters.outbox_rejections += 1
             if self.last_error is None:
                 log.warning(
                     "drop folder file waits because the outbox rejected it: %s",

@@ -175,9 +175,9 @@ class TransactionApi:
 
     async def post_transactions(self, request: web.Request) -> web.Response:
         self.counters.requests += 1
-        refused = self._authorized(request)
-        if refused is not None:
-            return refused
+        unauthorized = self._authorized(request)
+        if unauthorized is not None:
+            return unauthorized
         if not is_json_content_type(request):
             self.counters.rejected += 1
             return problem_response(
@@ -245,9 +245,9 @@ class TransactionApi:
         )
 
     async def get_transaction(self, request: web.Request) -> web.Response:
-        refused = self._authorized(request)
-        if refused is not None:
-            return refused
+        unauthorized = self._authorized(request)
+        if unauthorized is not None:
+            return unauthorized
         transaction_id = request.match_info["transaction_id"]
         record_id = transaction_record_id(self.source_name, transaction_id)
         try:

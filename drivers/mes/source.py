@@ -163,7 +163,7 @@ class MesSource(Source):
             details["drop_files_rejected"] = drop_counters.files_rejected
             details["drop_transactions_created"] = drop_counters.transactions_created
             details["drop_transactions_duplicate"] = drop_counters.transactions_duplicate
-            details["drop_outbox_refusals"] = drop_counters.outbox_refusals
+            details["drop_outbox_rejections"] = drop_counters.outbox_rejections
             captured += drop_counters.transactions_created
         if captured > self.status.records_captured:
             self.status.last_value_at = self.clock.now()
