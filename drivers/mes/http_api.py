@@ -118,6 +118,8 @@ class TransactionApi:
         self.clock = clock
         self.counters = ApiCounters()
         self.last_error: str | None = None
+        # Called after every request, so the source's status shows the counters at once.
+        self.on_request: Callable[[], None] | None = None
 
     def build_app(self) -> web.Application:
         # aiohttp's own limit backs up the Content-Length check for chunked bodies.
@@ -147,6 +149,9 @@ class TransactionApi:
                 "and GET /v1/transactions/{transaction_id}",
                 headers={key: value for key, value in error.headers.items() if key == "Allow"},
             )
+        finally:
+            if self.on_request is not None:
+                self.on_request()
 
     def _authorized(self, request: web.Request) -> web.Response | None:
         """Return a 401 response unless the request carries the bearer token."""

@@ -99,6 +99,7 @@ class MesSource(Source):
             retry_after_s=config.retry_after_s,
             clock=self.clock,
         )
+        self.api.on_request = self._publish_counters
         runner = web.AppRunner(
             self.api.build_app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
@@ -119,9 +120,7 @@ class MesSource(Source):
                 )
             backoff.reset()
             self._listening.set()
-            while True:
-                await self.clock.sleep(1.0)
-                self._publish_counters()
+            await asyncio.Event().wait()
         finally:
             self._listening.clear()
             await runner.cleanup()
