@@ -79,7 +79,7 @@ async def test_sigterm_keeps_in_flight_batch_and_exits_zero(tmp_path: Path) -> N
         ModbusSimulator(step_s=0.1) as simulator,
         Receiver(tmp_path / "receiver.sqlite") as receiver,
     ):
-        # The receiver stores each batch, then holds the reply for a minute: the agent is
+        # The receiver stores each batch, then delays the reply by a minute: the agent is
         # stopped while its first batch is in flight.
         receiver.stall(60, store_first=True)
         config = write_config(tmp_path, simulator.port, receiver.url)
