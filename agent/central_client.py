@@ -66,8 +66,7 @@ class TokenFile:
             self._seen = None
             raise DeliveryFailed(
                 Cause.CREDENTIALS,
-                f"cannot read central.token_file {self.path}: {error};"
-                " the file must contain the bearer token",
+                f"cannot read central.token_file {self.path}: {error}; the file must contain the bearer token",
             ) from error
 
         if not self._token:
@@ -92,9 +91,7 @@ def build_ssl_context(central: CentralSection) -> ssl.SSLContext:
             setting = "central.client_cert_file / central.client_key_file"
             context.load_cert_chain(central.client_cert_file, central.client_key_file)
     except (OSError, ssl.SSLError) as error:
-        raise DeliveryFailed(
-            Cause.LOCAL, f"cannot load {setting}: {error}; point it at a readable PEM file"
-        ) from error
+        raise DeliveryFailed(Cause.LOCAL, f"cannot load {setting}: {error}; point it at a readable PEM file") from error
     return context
 
 
@@ -164,13 +161,10 @@ class CentralClient:
         except TimeoutError as error:
             raise DeliveryFailed(
                 Cause.TIMEOUT,
-                f"no complete response from {self.url}"
-                f" within {self.central.timeout_s:g} s (central.timeout_s)",
+                f"no complete response from {self.url} within {self.central.timeout_s:g} s (central.timeout_s)",
             ) from error
         except aiohttp.ClientConnectorError as error:
-            raise DeliveryFailed(
-                Cause.UNREACHABLE, f"cannot connect to {self.url}: {error.os_error}"
-            ) from error
+            raise DeliveryFailed(Cause.UNREACHABLE, f"cannot connect to {self.url}: {error.os_error}") from error
         except aiohttp.ClientError as error:
             message = f"connection to {self.url} failed before the response was complete: {error!r}"
             if ssl_context is not None:

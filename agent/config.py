@@ -19,12 +19,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agent.config_errors import ConfigError, format_validation_error
 from drivers.config_base import ConfigPath, StrictModel, config_dir
+from drivers.mes.config import MesSourceConfig
 from drivers.modbus.config import ModbusSourceConfig
 from drivers.opcua.config import OpcUaSourceConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/plantgate/plantgate.toml")
 
-SourceConfig = Annotated[OpcUaSourceConfig | ModbusSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[
+    OpcUaSourceConfig | ModbusSourceConfig | MesSourceConfig, Field(discriminator="type")
+]
 
 
 class AgentSection(StrictModel):

@@ -12,8 +12,8 @@ a response means live in `outbox.delivery`, and this loop carries them out:
 - Everything else (no response, timeout, TLS failure, 401/403, 404, 408, 429, 5xx): the records
   stay, and the loop backs off, honouring `Retry-After`.
 
-An outage is logged once when it starts, again only if its cause changes, and once when it
-ends, never on every retry.
+An outage is logged once when it starts, again when its cause changes or every
+OUTAGE_SUMMARY_INTERVAL_S while it lasts, and once when it ends, never on every retry.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.central_client import CentralClient, DeliveryFailed
 from agent.config import CentralSection
+from outbox.backoff import backoff_delay
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.delivery import (
     Action,
@@ -49,12 +50,16 @@ log = logging.getLogger(__name__)
 # Causes that a person must fix (a credential, a certificate, a file, the URL): logged at
 # ERROR. The others usually heal by themselves and are logged at WARNING.
 OPERATOR_CAUSES = frozenset({Cause.CREDENTIALS, Cause.TLS, Cause.LOCAL, Cause.REDIRECT, Cause.ENDPOINT})
+# During a long outage, a summary line is logged at most this often, so the log shows that
+# the outage goes on without a line per retry.
+OUTAGE_SUMMARY_INTERVAL_S = 600.0
 
 
 @dataclass
 class ForwarderStatus:
     """Delivery state for /status and /metrics. The forwarder updates it in place.
 
+    `last_error` keeps the last failure after recovery; `wan_state` tells whether it is current.
     `batches_sent` counts POST requests, bisection steps included. `retries` counts attempts
     that ended in a retry. `last_progress_monotonic` is the monotonic time of the loop's last
     step (an attempt or an idle check). While backing off, `next_attempt_monotonic` is when
@@ -121,6 +126,8 @@ class Forwarder:
             already_delivered=frozenset(central.already_delivered_statuses),
         )
         self._rng = rng or random.Random()
+        self._last_outage_log = 0.0
+        self._outbox_failures = 0
 
     def wake(self) -> None:
         """Wake the loop: records were appended."""
@@ -146,12 +153,18 @@ class Forwarder:
                 self._mark_progress()
                 await self._wait_for_records()
                 return None
-            return await self._deliver(client, batch)
+            delay = await self._deliver(client, batch)
         except Exception as error:
-            # An outbox error must not end delivery: the records are still on disk.
-            log.exception("forwarder step failed; retrying", extra={"error": repr(error)})
-            self.status.last_error = f"outbox: {error}"
-            return self._policy.initial_s
+            # An outbox error must not end delivery: the records are still on disk. The first
+            # failure and each new message are logged with the traceback, repeats only counted.
+            message = f"outbox: {type(error).__name__}: {error}"
+            if message != self.status.last_error:
+                log.exception("forwarder failed to read or update the outbox; retrying with backoff")
+            self.status.last_error = message
+            self._outbox_failures += 1
+            return backoff_delay(self._outbox_failures - 1, self._policy.initial_s, self._policy.max_s, self._rng)
+        self._outbox_failures = 0
+        return delay
 
     async def _deliver(self, client: CentralClient, batch: list[StoredRecord]) -> float | None:
         """Send one batch chunk by chunk. Return the retry delay if a retryable outcome stopped it."""
@@ -233,10 +246,12 @@ class Forwarder:
         status.retries += 1
         status.last_error = decision.reason
         level = logging.ERROR if decision.cause in OPERATOR_CAUSES else logging.WARNING
+        now = self.clock.monotonic()
 
         if status.wan_state != "down":
             status.wan_state = "down"
-            status.outage_started_monotonic = self.clock.monotonic()
+            status.outage_started_monotonic = now
+            self._last_outage_log = now
             log.log(
                 level,
                 "central endpoint unavailable: %s; records stay in the outbox, retrying with backoff",
@@ -244,9 +259,21 @@ class Forwarder:
                 extra={"cause": decision.cause.value, "retry_in_s": round(decision.delay, 3)},
             )
         elif decision.cause is not status.last_cause:
+            self._last_outage_log = now
             log.log(
                 level,
                 "central endpoint still unavailable, now: %s",
+                decision.reason,
+                extra={"cause": decision.cause.value, "failures": status.consecutive_failures},
+            )
+        elif now - self._last_outage_log >= OUTAGE_SUMMARY_INTERVAL_S:
+            self._last_outage_log = now
+            started = status.outage_started_monotonic
+            log.log(
+                level,
+                "central endpoint still unavailable after %.0f s and %d failed attempts: %s",
+                now - started if started is not None else 0.0,
+                status.consecutive_failures,
                 decision.reason,
                 extra={"cause": decision.cause.value, "failures": status.consecutive_failures},
             )

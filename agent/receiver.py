@@ -74,8 +74,9 @@ class Fault:
 class Receiver:
     """The stand-in receiver. Use as `async with Receiver(db_path, host=..., port=0) as receiver:`.
 
-    `url` is the events endpoint, stable across `go_down` (the port is kept). `token`, if
-    set, is the bearer token every request must carry; `ssl_context` makes it serve HTTPS.
+    `port` 0 or None picks a free port. `url` is the events endpoint, stable across `go_down`
+    (the port is kept). `token`, if set, is the bearer token every request must carry, and
+    `ssl_context` makes the receiver serve HTTPS.
     """
 
     def __init__(
@@ -83,13 +84,13 @@ class Receiver:
         db_path: Path | str,
         *,
         host: str = "127.0.0.1",
-        port: int = 0,
+        port: int | None = 0,
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.host = host
-        self.port = port
+        self.port = port or 0
         self.token = token
         self.ssl_context = ssl_context
         self.fault: Fault | None = None
@@ -97,6 +98,7 @@ class Receiver:
         self._runner: web.AppRunner | None = None
         self._task_group: asyncio.TaskGroup | None = None
         self._reopen: asyncio.Task[None] | None = None
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -119,6 +121,8 @@ class Receiver:
         if self._reopen is not None:
             self._reopen.cancel()
             self._reopen = None
+        for task in self._control_tasks:
+            task.cancel()
         if self._task_group is not None:
             task_group, self._task_group = self._task_group, None
             await task_group.__aexit__(None, None, None)
@@ -236,9 +240,7 @@ class Receiver:
         """
         self.fault = Fault(kind="stall", delay_s=delay_s, store_first=store_first, **_window(seconds, times))
 
-    def reset(
-        self, seconds: float | None = None, *, times: int | None = None, store_first: bool = False
-    ) -> None:
+    def reset(self, seconds: float | None = None, *, times: int | None = None, store_first: bool = False) -> None:
         """Send the status line, headers and part of the body, then reset the connection."""
         self.fault = Fault(kind="reset", store_first=store_first, **_window(seconds, times))
 
@@ -270,9 +272,7 @@ class Receiver:
         if "gzip" in request.headers.get("Content-Encoding", "").lower():
             ledger.count("gzip_requests")
 
-        if self.token is not None and not _bearer_matches(
-            request.headers.get("Authorization", ""), self.token
-        ):
+        if self.token is not None and not _bearer_matches(request.headers.get("Authorization", ""), self.token):
             ledger.count("unauthorized_requests")
             return web.json_response({"error": "missing or invalid bearer token"}, status=401)
 
@@ -296,9 +296,7 @@ class Receiver:
             fault.remaining -= 1
         return fault
 
-    async def _misbehave(
-        self, request: web.Request, fault: Fault, events: list[dict[str, Any]]
-    ) -> web.StreamResponse:
+    async def _misbehave(self, request: web.Request, fault: Fault, events: list[dict[str, Any]]) -> web.StreamResponse:
         if fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
             rejected = sorted(fault.reject_ids.intersection(event["id"] for event in events))
@@ -357,9 +355,7 @@ class Receiver:
                 reject_ids=list(command.get("reject_ids", [])),
             )
         elif action == "stall":
-            self.stall(
-                float(command["delay_s"]), **window, store_first=bool(command.get("store_first", False))
-            )
+            self.stall(float(command["delay_s"]), **window, store_first=bool(command.get("store_first", False)))
         elif action == "reset":
             self.reset(**window, store_first=bool(command.get("store_first", False)))
         elif action == "clear":
@@ -367,14 +363,14 @@ class Receiver:
         elif action == "down":
             seconds = command.get("seconds")
             if seconds is None:
-                raise ValueError(
-                    "'down' needs 'seconds', or the receiver could not be brought back over HTTP"
-                )
+                raise ValueError("'down' needs 'seconds', or the receiver could not be brought back over HTTP")
             task_group = self._task_group
             if task_group is None:
                 raise ValueError("the receiver is closing")
             # Reply first: going down closes this very connection.
-            task_group.create_task(self._go_down_soon(float(seconds)))
+            task = task_group.create_task(self._go_down_soon(float(seconds)), name="receiver-control-down")
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
         else:
             raise ValueError(f"unknown action {action!r}; expected fail, stall, reset, clear or down")
         return web.json_response({"ok": True, "action": action})

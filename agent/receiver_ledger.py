@@ -102,9 +102,7 @@ class Ledger:
             db, self._db = self._db, None
             db.close()
 
-    def store(
-        self, events: Sequence[dict[str, Any]], received_at: str, batch_key: str | None
-    ) -> tuple[int, int]:
+    def store(self, events: Sequence[dict[str, Any]], received_at: str, batch_key: str | None) -> tuple[int, int]:
         """Store the events not held yet, in one transaction, and return (stored, duplicates).
 
         Counts the request as accepted, its duplicates, and a batch key seen before.

@@ -112,8 +112,8 @@ def classify_status(
     """Decide what a complete HTTP response means for the records it carried.
 
     2xx and the configured "already delivered" statuses acknowledge. 413 splits the batch.
-    408, 429 and 5xx are retried after `Retry-After` if given, else after the backoff delay
-    for `attempt`. 401, 403 and 407 are retried too: a wrong or expired credential is not the
+    408, 429 and 5xx are retried after `Retry-After` if given (but not sooner than
+    `policy.initial_s`), else after the backoff delay for `attempt`. 401, 403 and 407 are retried too: a wrong or expired credential is not the
     records' fault, and dead-lettering them would lose data that a fixed token delivers. The
     same holds for ENDPOINT_STATUSES (404 for a wrong URL, 415, ...). Any other 4xx rejects
     the records (the forwarder bisects to find which). Statuses
@@ -158,7 +158,12 @@ def classify_status(
         cause, reason = Cause.SERVER, f"unexpected HTTP status {status} from the central endpoint"
 
     waited = parse_retry_after(retry_after, now, policy.max_s)
-    delay = waited if waited is not None else backoff_delay(attempt, policy.initial_s, policy.max_s, rng)
+    if waited is not None:
+        # Never sooner than the initial backoff, so `Retry-After: 0` on every response cannot
+        # make the forwarder spin. Retrying later than the header asks is allowed.
+        delay = max(waited, policy.initial_s)
+    else:
+        delay = backoff_delay(attempt, policy.initial_s, policy.max_s, rng)
     return Decision(Action.RETRY, delay=delay, cause=cause, reason=reason)
 
 
@@ -205,6 +210,9 @@ def encode_event(stored: StoredRecord, *, site: str, gateway_id: str) -> str:
         "quality": record.quality,
         "capturedtime": format_time(record.captured_at),
     }
+    if not record.subject:
+        # CloudEvents 1.0 requires `subject`, when present, to be a non-empty string.
+        del attributes["subject"]
     head = json.dumps(attributes, separators=(",", ":"), ensure_ascii=False)
     return f'{head[:-1]},"data":{record.payload_json}}}'
 

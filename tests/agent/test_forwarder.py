@@ -83,7 +83,7 @@ async def forwarding(outbox: Outbox, central: CentralSection) -> AsyncIterator[F
 async def wait_until(condition: Callable[[], bool], limit_s: float = 15.0) -> None:
     """Poll `condition` until it is true. The outbox and receiver offer no event to wait on."""
     async with asyncio.timeout(limit_s):
-        while not condition():  # noqa: ASYNC110
+        while not condition():
             await asyncio.sleep(0.01)
 
 
@@ -343,6 +343,43 @@ async def test_forward_logs_outage_once(outbox, receiver, caplog):
     assert len([text for text in messages if "reachable again" in text]) == 1
 
 
+class VirtualClock:
+    """A clock whose sleeps return at once and advance its time, so backoff runs in virtual time."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def now(self) -> dt.datetime:
+        return T0 + dt.timedelta(seconds=self.elapsed)
+
+    async def sleep(self, seconds: float) -> None:
+        self.elapsed += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+async def test_forward_summarises_long_outage(outbox, receiver, caplog):
+    await receiver.go_down()
+    await outbox.append(make_records(1))
+    caplog.set_level(logging.INFO, logger="agent.forwarder")
+    clock = VirtualClock()
+    central = central_for(receiver.url, retry_initial_s=10, retry_max_s=60)
+    forwarder = Forwarder(outbox, central, site=SITE, gateway_id=GATEWAY, clock=clock)
+
+    async with asyncio.TaskGroup() as task_group:
+        task = task_group.create_task(forwarder.run())
+        await wait_until(lambda: clock.elapsed >= 3600)
+        task.cancel()
+
+    messages = [record.getMessage() for record in caplog.records if record.name == "agent.forwarder"]
+    summaries = [text for text in messages if "still unavailable after" in text]
+    assert forwarder.status.retries >= 55
+    assert 4 <= len(summaries) <= 6
+    assert len(messages) == 1 + len(summaries)
+
+
 async def test_forward_401_logged_as_error(outbox, receiver, caplog):
     receiver.fail(401, times=3)
     await outbox.append(make_records(2))
@@ -497,6 +534,20 @@ async def test_forward_missing_ca_file_retries(tmp_path, outbox):
 
         assert outbox.depth() == 1
         assert "central.ca_file" in (forwarder.status.last_error or "")
+
+
+async def test_forward_survives_closed_outbox(tmp_path, receiver, caplog):
+    caplog.set_level(logging.INFO, logger="agent.forwarder")
+    async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        async with forwarding(outbox, central_for(receiver.url)) as forwarder:
+            await outbox.close()
+            await wait_until(lambda: forwarder.status.last_error is not None)
+            await asyncio.sleep(0.3)
+            errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+
+    assert (forwarder.status.last_error or "").startswith("outbox: OutboxUnavailable")
+    assert len(errors) == 1
+    assert "outbox" in errors[0].getMessage()
 
 
 # -- status ---------------------------------------------------------------------------------

@@ -226,6 +226,16 @@ async def test_receiver_stats_and_control_endpoints(receiver):
     assert stats["faulted_requests"] == 1
 
 
+async def test_receiver_closes_right_after_control_down(tmp_path):
+    async with Receiver(tmp_path / "central.sqlite") as receiver:
+        async with aiohttp.ClientSession() as session:
+            command = {"action": "down", "seconds": 5}
+            async with session.post(f"{receiver.base_url}/v1/control", json=command) as reply:
+                assert reply.status == 200
+
+    assert not receiver.is_up
+
+
 async def test_receiver_keeps_ledger_across_restart(tmp_path):
     async with Receiver(tmp_path / "central.sqlite") as receiver:
         await post(receiver.url, [event("p1")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -121,10 +122,10 @@ def test_endpoint_reason_names_url_setting():
     ("status", "retry_after", "expected"),
     [
         (503, "7", 7.0),
-        (429, "0", 0.0),
+        (429, "0", 1.0),
         (503, "3600", 60.0),
         (503, "Fri, 04 Dec 2026 20:00:30 GMT", 30.0),
-        (429, "Fri, 04 Dec 2026 19:00:00 GMT", 0.0),
+        (429, "Fri, 04 Dec 2026 19:00:00 GMT", 1.0),
         (503, "Sat, 05 Dec 2026 20:00:00 GMT", 60.0),
     ],
 )
@@ -200,6 +201,13 @@ def test_encode_event_has_cloudevents_attributes():
 def test_encode_event_time_falls_back_to_captured_time():
     event = json.loads(encode_event(stored(2, source_time=None), site="s", gateway_id="g"))
     assert event["time"] == "2026-12-04T20:00:01.000000Z"
+
+
+def test_encode_event_omits_empty_subject():
+    item = stored(5)
+    record = dataclasses.replace(item.record, subject="")
+    event = json.loads(encode_event(dataclasses.replace(item, record=record), site="s", gateway_id="g"))
+    assert "subject" not in event
 
 
 def test_extension_names_lowercase_alphanumeric():
