@@ -34,23 +34,27 @@ log = logging.getLogger(__name__)
 
 
 class _Sink:
-    """What sources write to: the outbox, plus a wake-up for the forwarder after each commit."""
+    """What sources write to: the outbox, plus a wake-up for the forwarder after each commit.
+
+    Counting uses the outbox's commit report rather than `append`'s return, so a record whose
+    producer was cancelled while its commit completed is still counted (and in the ledger).
+    """
 
     def __init__(self, outbox: Outbox, on_stored: Callable[[], None], ledger: list[str] | None) -> None:
         self._outbox = outbox
         self._on_stored = on_stored
         self._ledger = ledger
         self.stored = 0
+        outbox.on_commit = self._committed
+
+    def _committed(self, records: list[Record]) -> None:
+        self.stored += len(records)
+        if self._ledger is not None:
+            self._ledger.extend(record.id for record in records)
+        self._on_stored()
 
     async def append(self, records: Sequence[Record]) -> list[bool]:
-        results = await self._outbox.append(records)
-        stored = sum(results)
-        if stored:
-            self.stored += stored
-            if self._ledger is not None:
-                self._ledger.extend(record.id for record, is_new in zip(records, results, strict=True) if is_new)
-            self._on_stored()
-        return results
+        return await self._outbox.append(records)
 
     async def lookup(self, record_id: str) -> str | None:
         return await self._outbox.lookup(record_id)
