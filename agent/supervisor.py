@@ -27,6 +27,7 @@ from drivers.registry import build_source
 from outbox.backoff import Backoff
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.errors import OutboxError
+from outbox.lock import OutboxLock
 from outbox.records import Record, format_time, parse_time
 from outbox.store import Outbox
 
@@ -98,11 +99,18 @@ class Agent:
             delivered_retention=timedelta(days=settings.outbox.delivered_retention_days),
             clock=self.clock,
         )
+        with OutboxLock(settings.outbox.path):
+            await self._run_with_outbox(outbox, stop)
+        log.info("plantgate stopped")
+
+    async def _run_with_outbox(self, outbox: Outbox, stop: asyncio.Event) -> None:
+        settings = self.settings
         async with outbox:
             self.outbox = outbox
             incident = getattr(outbox, "startup_incident", None)
-            if incident:
-                self.incidents.append(incident if isinstance(incident, dict) else {"message": str(incident)})
+            if incident is not None:
+                as_dict = getattr(incident, "as_dict", None)
+                self.incidents.append(as_dict() if callable(as_dict) else {"message": str(incident)})
             self.forwarder = Forwarder(
                 outbox,
                 settings.central,
@@ -114,7 +122,6 @@ class Agent:
             self.health = HealthServer(self, settings.health)
             async with self.health:
                 await self._run_tasks(stop)
-        log.info("plantgate stopped")
 
     async def _run_tasks(self, stop: asyncio.Event) -> None:
         assert self.forwarder is not None and self.sink is not None
@@ -239,6 +246,10 @@ async def run_agent(settings: Settings, *, configure: Callable[[Agent], None] | 
         await agent.run(stop)
     except OutboxError as error:
         log.error("plantgate could not open or use the outbox: %s", error)
+        return 1
+    except OSError as error:
+        # Startup problems such as a health port in use carry their own advice; no traceback needed.
+        log.error("plantgate stopped: %s", error)
         return 1
     except Exception as error:
         log.exception("plantgate stopped on an error: %s", error)
