@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ class OpcUaSimulator:
     `port=0` picks a free port; the chosen one stays in `port`, so a test can stop the simulator
     and start a new one on the same port. `extra_namespaces` are registered before the demo
     namespace, which moves it to a higher index (a server reconfigured between restarts).
+    `configure` is awaited with the initialised server before it starts (to set up security).
     """
 
     def __init__(
@@ -55,12 +56,13 @@ class OpcUaSimulator:
         *,
         update_interval_s: float = 0.5,
         extra_namespaces: Sequence[str] = (),
-        server: Server | None = None,
+        configure: Callable[[Server], Awaitable[None]] | None = None,
     ) -> None:
         self.port = port
         self.update_interval_s = update_interval_s
         self.extra_namespaces = list(extra_namespaces)
-        self.server = server or Server()
+        self.server = Server()
+        self.configure = configure
         self.namespace_index = 0
         self.variables: dict[str, Node] = {}
         self._updater: asyncio.Task[None] | None = None
@@ -82,6 +84,8 @@ class OpcUaSimulator:
         await server.init()
         server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}")
         server.set_server_name("plantgate demo line")
+        if self.configure is not None:
+            await self.configure(server)
         for uri in self.extra_namespaces:
             await server.register_namespace(uri)
         self.namespace_index = await server.register_namespace(DEMO_NAMESPACE)
