@@ -121,6 +121,9 @@ class OpcUaSourceConfig(SourceConfigBase, MonitoringOptions):
         default=3.0, ge=1, description="keep-alive intervals without a publish response before reconnecting"
     )
     timeout_s: float = Field(default=10.0, gt=0, description="time allowed for one request")
+    session_timeout_s: float = Field(
+        default=60.0, ge=5, description="how long the server keeps a session whose connection was lost"
+    )
     max_items_per_call: int | None = Field(
         default=None,
         ge=1,

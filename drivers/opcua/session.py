@@ -38,8 +38,17 @@ class OpcUaSession:
     reached and `security.SecurityRejected` when it cannot be reached securely as configured.
     """
 
-    def __init__(self, config: OpcUaSourceConfig, *, probe_interval_s: float, session_timeout_s: float) -> None:
+    def __init__(
+        self,
+        config: OpcUaSourceConfig,
+        *,
+        probe_interval_s: float,
+        session_timeout_s: float,
+        state_path: Path | None = None,
+    ) -> None:
         self.config = config
+        self.state_path = state_path
+        self.keep_session = False
         self.probe_interval_s = probe_interval_s
         self.session_timeout_s = session_timeout_s
         self.lost = asyncio.Event()
@@ -53,6 +62,10 @@ class OpcUaSession:
         client.application_uri = self.config.security.application_uri
         client.product_uri = "urn:plantgate"
         client.connection_lost_callback = self._on_lost
+        # With a state file, connect() first tries ActivateSession on the session of the
+        # previous connection (OPC UA Part 4, 5.6.3), so a lost connection does not leave that
+        # session behind on the server; a new session is created only if it is gone.
+        client.session_state_path = self.state_path
         self._set_identity(client)
         try:
             await self._set_security(client)
@@ -75,11 +88,28 @@ class OpcUaSession:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def authentication_token(self) -> str | None:
+        if self.client is None:
+            return None
+        return str(self.client.uaclient.session.authentication_token.to_string())
+
     async def close(self) -> None:
-        """Close the session and socket. Safe to call twice."""
+        """Close the session and socket. Safe to call twice.
+
+        With `keep_session` set (the connection was lost, so CloseSession cannot reach the
+        server), the session's state file is kept for the next connect to reactivate it.
+        """
         client, self.client = self.client, None
-        if client is not None:
-            await _quiet_disconnect(client, self.config.timeout_s)
+        if client is None:
+            return
+        kept = None
+        if self.keep_session and self.state_path is not None and self.state_path.exists():
+            kept = self.state_path.read_bytes()
+        await _quiet_disconnect(client, self.config.timeout_s)
+        if kept is not None:
+            assert self.state_path is not None
+            self.state_path.write_bytes(kept)
 
     def _set_identity(self, client: Client) -> None:
         config = self.config
