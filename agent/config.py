@@ -14,17 +14,20 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ByteSize, Field, HttpUrl, ValidationError, model_validator
+from pydantic import ByteSize, Field, HttpUrl, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.config_errors import ConfigError, format_validation_error
 from drivers.config_base import ConfigPath, StrictModel, config_dir
+from drivers.mes.config import MesSourceConfig
 from drivers.modbus.config import ModbusSourceConfig
 from drivers.opcua.config import OpcUaSourceConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/plantgate/plantgate.toml")
 
-SourceConfig = Annotated[OpcUaSourceConfig | ModbusSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[
+    OpcUaSourceConfig | ModbusSourceConfig | MesSourceConfig, Field(discriminator="type")
+]
 
 
 class AgentSection(StrictModel):
@@ -73,6 +76,30 @@ class LoggingSection(StrictModel):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class UpdateSection(StrictModel):
+    """Signed updates (`plantgate update`). Every key is optional, so a file without the section is valid."""
+
+    public_keys: list[str] = Field(
+        default=[], description="base64 Ed25519 public keys that may sign releases"
+    )
+    install_dir: ConfigPath = Path("/opt/plantgate")
+    ready_timeout_s: float = Field(default=90.0, gt=0)
+    restart_command: list[str] = Field(default=["systemctl", "restart", "plantgate.service"], min_length=1)
+    ready_url: HttpUrl | None = None
+    url: HttpUrl | None = None
+    rollout_percent: int = Field(default=100, ge=0, le=100)
+    keep_versions: int = Field(default=3, ge=2)
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys_decode(cls, keys: list[str]) -> list[str]:
+        from agent.update.signing import decode_public_key
+
+        for key in keys:
+            decode_public_key(key)
+        return keys
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PLANTGATE_",
@@ -86,6 +113,7 @@ class Settings(BaseSettings):
     central: CentralSection
     health: HealthSection = HealthSection()
     logging: LoggingSection = LoggingSection()
+    update: UpdateSection = UpdateSection()
     sources: list[SourceConfig] = []
 
     @classmethod

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from agent import __version__
 from agent.config import Settings
 from agent.forwarder import Forwarder
 from agent.health import HealthServer
+from agent.update.install import InstallLayout, update_report
 from drivers.base import Source
 from drivers.registry import build_source
 from outbox.backoff import Backoff
@@ -80,7 +81,8 @@ class Agent:
         self.on_ready: list[Callable[[Agent], Awaitable[None] | None]] = []
         self.on_stopping: list[Callable[[Agent], Awaitable[None] | None]] = []
         # Extra long-lived tasks (for example the systemd watchdog), started beside the forwarder.
-        self.services: list[Callable[[Agent], Awaitable[None]]] = []
+        self.services: list[Callable[[Agent], Coroutine[Any, Any, None]]] = []
+        self._source_tasks: list[asyncio.Task[None]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order. Raises only on a startup failure."""
@@ -114,9 +116,11 @@ class Agent:
         assert self.forwarder is not None and self.sink is not None
         async with asyncio.TaskGroup() as core:
             forwarder_task = core.create_task(self.forwarder.run(), name="forwarder")
-            service_tasks = [core.create_task(service(self), name="service") for service in self.services]
+            service_tasks: list[asyncio.Task[None]] = [
+                core.create_task(service(self), name="service") for service in self.services
+            ]
             async with asyncio.TaskGroup() as producers:
-                source_tasks = [
+                self._source_tasks = [
                     producers.create_task(self._run_source(source, self.sink), name=f"source-{source.name}")
                     for source in self.sources
                 ]
@@ -136,11 +140,17 @@ class Agent:
                 self.stopping = True
                 log.info("plantgate stopping: sources first, then the forwarder, then the outbox")
                 await _call_hooks(self.on_stopping, self)
-                for task in source_tasks:
+                for task in self._source_tasks:
                     task.cancel()
             forwarder_task.cancel()
             for task in service_tasks:
                 task.cancel()
+
+    async def stop_sources(self) -> None:
+        """Stop capturing but keep forwarding, so the backlog can drain (the demo uses this)."""
+        for task in self._source_tasks:
+            task.cancel()
+        await asyncio.gather(*self._source_tasks, return_exceptions=True)
 
     async def _run_source(self, source: Source, sink: _Sink) -> None:
         """Run one source; a bug that escapes it is logged and the source restarted after a backoff,
@@ -190,6 +200,7 @@ class Agent:
             "outbox": outbox,
             "forwarder": self.forwarder.status.snapshot() if self.forwarder else {},
             "incidents": self.incidents,
+            "update": update_report(InstallLayout(self.settings.update.install_dir)),
         }
 
     def is_ready(self) -> bool:

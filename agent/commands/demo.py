@@ -66,11 +66,10 @@ def _outbox_override(path: Path, data_dir: Path) -> dict[str, Any]:
 async def _demo(settings: Any, data_dir: Path, args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
-    from drivers.modbus.simulator import ModbusSimulator
-    from drivers.opcua.simulator import OpcUaSimulator
-
     from agent.receiver import Receiver
     from agent.supervisor import Agent
+    from drivers.modbus.simulator import ModbusSimulator
+    from drivers.opcua.simulator import OpcUaSimulator
 
     opcua_port = urlsplit(next(s.endpoint for s in settings.sources if s.type == "opcua")).port
     modbus_port = next(s.port for s in settings.sources if s.type == "modbus")
@@ -107,6 +106,7 @@ async def _narrate(agent: Any, receiver: Any, args: argparse.Namespace) -> None:
         await asyncio.sleep(2.0)
 
     print("\n== capture ends; waiting for the backlog to drain ==\n")
+    await agent.stop_sources()
     deadline = loop.time() + 60
     while agent.outbox.depth() > 0 and loop.time() < deadline:
         await _print_line(agent, receiver, loop.time() - started)
