@@ -131,6 +131,27 @@ async def test_sample_prints_records_and_stores_nothing(tmp_path):
     assert not (tmp_path / "outbox.sqlite").exists()
 
 
+async def test_sample_reads_opcua_and_modbus_alike(tmp_path):
+    from drivers.modbus.simulator import ModbusSimulator
+
+    async with OpcUaSimulator(update_interval_s=0) as server, ModbusSimulator() as meter:
+        modbus = f"""
+[[sources]]
+type = "modbus"
+name = "meter"
+host = "127.0.0.1"
+port = {meter.port}
+unit_id = 1
+points = [{{ name = "status", table = "input", address = 0, datatype = "uint16" }}]
+"""
+        config = write_config(tmp_path / "plantgate.toml", server.endpoint, modbus)
+        code, out, err = await plantgate("sample", "--config", str(config))
+
+    assert code == 0, err
+    assert "line1 (opcua): 3 record(s)" in out
+    assert "meter (modbus): 1 record(s)" in out
+
+
 async def test_sample_reports_unreachable_source(tmp_path):
     from tests.conftest import free_port
 
