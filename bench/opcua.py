@@ -1,6 +1,6 @@
 """Benchmark the OPC UA source: CPU per 1,000 value changes against a bare asyncua client.
 
-An asyncua server in its own process holds `--items` Double variables and changes every one of
+An asyncua server in its own process contains `--items` Double variables and changes every one of
 them once per second. Two clients, each in its own process, subscribe to all of them for
 `--seconds`, one after the other, `--rounds` times:
 

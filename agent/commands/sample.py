@@ -65,7 +65,10 @@ async def _sample_all(configs: list[Any], args: argparse.Namespace) -> int:
             continue
         except TimeoutError:
             failures += 1
-            print(f"{config.name}: failed: no answer within {args.timeout:g} s", file=sys.stderr)
+            print(
+                f"{config.name}: failed: timed out after {args.timeout:g} s; check the endpoint or raise --timeout",
+                file=sys.stderr,
+            )
             continue
         except Exception as error:
             failures += 1

@@ -14,7 +14,7 @@ Trigger = Literal["status", "status-value", "status-value-timestamp"]
 
 
 class MonitoringOptions(StrictModel):
-    """Monitored-item settings (OPC UA Part 4, 7.21 MonitoringParameters and 7.22.2 DataChangeFilter).
+    """Monitored-item settings (OPC UA Part 4, MonitoringParameters and DataChangeFilter).
 
     A field left unset takes the value of the enclosing node group, then of the source.
     """

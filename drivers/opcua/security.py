@@ -62,7 +62,7 @@ class PkiPaths:
 
 
 def thumbprint(der: bytes) -> str:
-    """SHA-1 thumbprint in hex, the form OPC UA tools show (Part 6, 6.2.3)."""
+    """SHA-1 thumbprint in hex, the form OPC UA tools show."""
     return hashlib.sha1(der, usedforsecurity=False).hexdigest()
 
 

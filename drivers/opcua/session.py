@@ -2,7 +2,7 @@
 
 `OpcUaSession` configures security and identity, connects, and on exit closes the session
 (deleting its subscriptions) and the socket, so a reconnect never leaves a session behind on
-the server. A server that cannot answer the close in time still drops the session when its
+the server. A server that does not respond to the close in time still drops the session when its
 session timeout runs out. asyncua's own reconnect is left off: the source owns the retry loop.
 """
 
@@ -20,7 +20,7 @@ from drivers.opcua.config import OpcUaSourceConfig
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the server is not reachable or stopped answering": back off and retry.
+# Errors that mean "the server is not reachable or stopped responding": back off and retry.
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError, ua.UaError)
 
 
@@ -34,7 +34,7 @@ class OpcUaSession:
     """A connected asyncua `Client`, available as `client` inside `async with`.
 
     `lost` is set when asyncua's connection probe fails (a closed socket, or a server that
-    stopped answering requests). Raises `SourceUnavailable` when the server cannot be
+    stopped responding to requests). Raises `SourceUnavailable` when the server cannot be
     reached and `security.SecurityRejected` when it cannot be reached securely as configured.
     """
 
@@ -63,8 +63,8 @@ class OpcUaSession:
         client.product_uri = "urn:plantgate"
         client.connection_lost_callback = self._on_lost
         # With a state file, connect() first tries ActivateSession on the session of the
-        # previous connection (OPC UA Part 4, 5.6.3), so a lost connection does not leave that
-        # session behind on the server; a new session is created only if it is gone.
+        # previous connection (OPC UA Part 4, ActivateSession), so a lost connection does not leave that
+        # session behind on the server. A new session is created only if the server dropped it.
         client.session_state_path = self.state_path
         self._set_identity(client)
         try:
@@ -154,7 +154,7 @@ class OpcUaSession:
 
 
 def _first_certificate(data: bytes) -> bytes:
-    """The leaf certificate of a DER chain (a server may send its chain, leaf first)."""
+    """Return the leaf certificate of a DER chain (a server may send its whole chain, leaf first)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -174,8 +174,8 @@ def _der_length(data: bytes) -> int:
 
 
 async def _quiet_disconnect(client: Client, timeout_s: float) -> None:
-    # A hung server never answers CloseSession; the timeout bounds the wait, and the socket is
-    # dropped regardless.
+    # A hung server never responds to CloseSession, so the timeout bounds the wait. The socket
+    # is dropped in every case.
     try:
         async with asyncio.timeout(timeout_s):
             await client.disconnect()

@@ -3,7 +3,7 @@
 One pass of the loop in `run` is one session: connect, resolve the addresses again (namespace
 indices may have moved), create the subscriptions, then consume notifications until the
 connection is lost. Consumers, the poller and the watchdog are children of one TaskGroup per
-session, so losing the session ends all of them together; then the source backs off with
+session, so losing the session ends all of them together. Then the source backs off with
 jitter and starts a new session.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class OpcUaSource(Source):
 
     async def _drop_previous_subscriptions(self, session: OpcUaSession) -> None:
         """Delete the subscriptions of the previous connection if its session was reactivated,
-        so the server does not go on sampling and queueing for items nobody reads."""
+        so the server stops sampling and queueing for items no client reads."""
         token, self._previous_token = self._previous_token, session.authentication_token
         stale, self._previous_subscriptions = self._previous_subscriptions, []
         if token is None or token != session.authentication_token or not stale:
@@ -244,8 +245,9 @@ class OpcUaSource(Source):
 
     async def _watch(self, session: OpcUaSession, subscriptions: Sequence[ActiveSubscription]) -> None:
         """Raise `ConnectionLost` when the session probe fails or a subscription misses its
-        keep-alives, which also catches a hung server whose TCP connection stays open."""
-        import time
+        keep-alives, which also catches a hung server whose TCP connection stays open.
+
+        Ages are measured on `time.monotonic`, the clock asyncua stamps publish responses with."""
 
         deadlines = [active.deadline_s for active in subscriptions] or [
             keepalive_deadline_s(self.config.publishing_interval_ms, self.config.keepalive_count, 1)

@@ -57,7 +57,7 @@ async def test_each_filter_option_reports_its_changes(outbox):
     assert stored["status-value"] == changes
     assert stored["status-value-timestamp"] == [(10.0, good), *changes]
     assert stored["status"] == [(10.0, good), (12.4, uncertain)]
-    # NOTE: Part 4, 7.22.2 reports a status change whatever the deadband, but the asyncua 2.1
+    # NOTE: Part 4 (DataChangeFilter) reports a status change whatever the deadband, but the asyncua 2.1
     # server applies the deadband to it too, so only the value changes are checked here.
     assert stored["absolute-deadband"][:2] == [(10.0, good), (12.0, good)]
 
