@@ -16,7 +16,7 @@ from asyncua import Client, ua
 from drivers.opcua.addressing import format_node_id
 from drivers.opcua.values import to_json
 
-SERVER_OBJECT = ua.NodeId(ua.ObjectIds.Server)
+SERVER_OBJECT = ua.NodeId(ua.Int32(ua.ObjectIds.Server))
 
 
 @dataclass(frozen=True)

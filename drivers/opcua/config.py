@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -94,7 +95,10 @@ class EventSubscription(StrictModel):
 class SecurityConfig(StrictModel):
     policy: SecurityPolicyName = "None"
     mode: SecurityModeName = "None"
-    pki_dir: ConfigPath = Field(default="pki", description="folder with own/, trusted/, rejected/")
+    # validate_default: the default, too, is taken relative to the configuration file.
+    pki_dir: ConfigPath = Field(
+        default=Path("pki"), validate_default=True, description="folder with own/, trusted/, rejected/"
+    )
     application_uri: str = Field(default="urn:plantgate:agent", min_length=1)
     trust_all_server_certificates: bool = Field(
         default=False, description="accept any server certificate; for commissioning only"

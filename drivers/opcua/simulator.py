@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from asyncua import Server, ua
@@ -90,16 +90,17 @@ class OpcUaSimulator:
             await server.register_namespace(uri)
         self.namespace_index = await server.register_namespace(DEMO_NAMESPACE)
         line = await server.nodes.objects.add_object(
-            ua.NodeId("Line1", self.namespace_index), ua.QualifiedName("Line1", self.namespace_index)
+            self._node_id("Line1"), ua.QualifiedName("Line1", self.namespace_index)
         )
         for name, (initial, variant_type) in DEMO_VARIABLES.items():
             node = await line.add_variable(
-                ua.NodeId(f"Line1.{name}", self.namespace_index),
+                self._node_id(f"Line1.{name}"),
                 ua.QualifiedName(name, self.namespace_index),
                 ua.Variant(initial, variant_type),
             )
             self.variables[name] = node
         await server.start()
+        assert server.bserver is not None
         self.port = server.bserver.port
         self._started = True
         if self.update_interval_s > 0:
@@ -121,9 +122,14 @@ class OpcUaSimulator:
         """Set one variable, stamped now, with the given status code (to produce Bad or Uncertain values)."""
         _, variant_type = DEMO_VARIABLES.get(name, (None, None))
         variant = ua.Variant(value, variant_type) if variant_type else ua.Variant(value)
-        now = datetime.now(UTC)
-        data_value = ua.DataValue(variant, StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now)
+        now = ua.DateTime.now(UTC)
+        data_value = ua.DataValue(
+            variant, StatusCode=ua.StatusCode(ua.UInt32(status)), SourceTimestamp=now, ServerTimestamp=now
+        )
         await self.variables[name].write_value(data_value)
+
+    def _node_id(self, name: str) -> ua.NodeId:
+        return ua.NodeId(ua.String(name), ua.Int16(self.namespace_index))
 
     async def _update_loop(self) -> None:
         step = 0

@@ -64,7 +64,7 @@ class ActiveSubscription:
 async def read_operation_limit(client: Client, object_id: int) -> int | None:
     """Read one ServerCapabilities/OperationLimits value; None where the server does not offer it."""
     try:
-        value = await client.get_node(ua.NodeId(object_id)).read_value()
+        value = await client.get_node(ua.NodeId(ua.Int32(object_id))).read_value()
     except ua.UaStatusCodeError:
         return None
     return int(value) if value else None
