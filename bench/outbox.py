@@ -260,7 +260,9 @@ def _drain_child(arguments: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=100_000, help="records for the batched appends")
+    parser.add_argument(
+        "--records", type=int, default=100_000, help="records for the batched appends (0 skips the appends)"
+    )
     parser.add_argument("--batch", type=int, default=100, help="records per append call and per transaction")
     parser.add_argument("--single", type=int, default=2_000, help="records for the one-per-call comparison")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the append measurements (median)")
@@ -286,7 +288,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-outbox-") as scratch:
         folder = Path(scratch)
-        appends = run_appends(folder, args.records, args.batch, args.single, args.rounds)
+        appends = run_appends(folder, args.records, args.batch, args.single, args.rounds) if args.records else None
         drained = run_drain(folder, args.drain, args.drain_batch, http=False) if args.drain else None
         forwarded = run_drain(folder, args.drain_http, args.drain_batch, http=True) if args.drain_http else None
 
@@ -294,24 +296,25 @@ def main() -> None:
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}, "
         f"sqlite {sqlite3.sqlite_version}, folder on {args.dir}"
     )
-    print(f"appends, median of {args.rounds} rounds")
-    print(f"appends in batches of {args.batch} ({args.records} records), records/s:")
-    print(f"  outbox, 1 producer      {appends['outbox_batch']:>10.0f}")
-    print(f"  outbox, 8 producers     {appends['outbox_batch_8_producers']:>10.0f}")
-    print(f"  sqlite3 executemany     {appends['sqlite_batch']:>10.0f}")
-    print(f"  ratio outbox/sqlite3    {appends['outbox_batch'] / appends['sqlite_batch']:>10.2f}")
-    print(f"appends one record per call ({args.single} records), records/s:")
-    print(f"  outbox, 1 producer      {appends['outbox_single']:>10.0f}")
-    print(f"  outbox, 8 producers     {appends['outbox_single_8_producers']:>10.0f}")
-    print(f"  sqlite3, 1 per commit   {appends['sqlite_single']:>10.0f}")
-    print(f"  persist-queue AckQueue  {appends['persist_queue_single']:>10.0f}")
-    print(
-        f"  ratio outbox/persist-queue (1 producer)   {appends['outbox_single'] / appends['persist_queue_single']:.2f}"
-    )
-    print(
-        f"  ratio outbox/persist-queue (8 producers)  "
-        f"{appends['outbox_single_8_producers'] / appends['persist_queue_single']:.2f}"
-    )
+    if appends:
+        print(f"appends, median of {args.rounds} rounds")
+        print(f"appends in batches of {args.batch} ({args.records} records), records/s:")
+        print(f"  outbox, 1 producer      {appends['outbox_batch']:>10.0f}")
+        print(f"  outbox, 8 producers     {appends['outbox_batch_8_producers']:>10.0f}")
+        print(f"  sqlite3 executemany     {appends['sqlite_batch']:>10.0f}")
+        print(f"  ratio outbox/sqlite3    {appends['outbox_batch'] / appends['sqlite_batch']:>10.2f}")
+        print(f"appends one record per call ({args.single} records), records/s:")
+        print(f"  outbox, 1 producer      {appends['outbox_single']:>10.0f}")
+        print(f"  outbox, 8 producers     {appends['outbox_single_8_producers']:>10.0f}")
+        print(f"  sqlite3, 1 per commit   {appends['sqlite_single']:>10.0f}")
+        print(f"  persist-queue AckQueue  {appends['persist_queue_single']:>10.0f}")
+        print(
+            f"  ratio outbox/persist-queue (1 producer)   {appends['outbox_single'] / appends['persist_queue_single']:.2f}"
+        )
+        print(
+            f"  ratio outbox/persist-queue (8 producers)  "
+            f"{appends['outbox_single_8_producers'] / appends['persist_queue_single']:.2f}"
+        )
     if forwarded:
         print(
             f"drain of {forwarded['records']:.0f} records to the stand-in receiver over HTTP, batches of "
