@@ -163,7 +163,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of CPU measurement")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="records for the time to ready with a backlog")
     parser.add_argument("--runs", type=int, default=3, help="starts for the time to ready (median)")
-    parser.add_argument("--dir", type=Path, default=Path.cwd(), help="folder for the temporary files")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="folder for the temporary files (default: the system temporary folder)"
+    )
     args = parser.parse_args()
 
     idle: dict[str, float] = {}

@@ -12,8 +12,8 @@ ratio, so results from different machines compare by ratio rather than by absolu
   but without HTTP, in a child process whose peak resident memory is reported.
 
 Run: `python bench/outbox.py` (add `--help` for sizes). The files go to a temporary folder
-under `--dir` (default: the current directory), which should be on the disk the agent would use,
-not a tmpfs, where a sync costs nothing.
+under `--dir` (default: the system temporary folder), which should be on the disk the agent would
+use, not a tmpfs, where a sync costs nothing.
 """
 
 from __future__ import annotations
@@ -268,7 +268,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the append measurements (median)")
     parser.add_argument("--drain", type=int, default=200_000, help="backlog size for the drain (0 to skip)")
     parser.add_argument("--drain-batch", type=int, default=500, help="records per forwarded batch")
-    parser.add_argument("--dir", type=Path, default=Path.cwd(), help="folder for the temporary files")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="folder for the temporary files (default: the system temporary folder)"
+    )
     parser.add_argument(
         "--drain-http",
         type=int,
@@ -294,7 +296,7 @@ def main() -> None:
 
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}, "
-        f"sqlite {sqlite3.sqlite_version}, folder on {args.dir}"
+        f"sqlite {sqlite3.sqlite_version}, folder on {args.dir or tempfile.gettempdir()}"
     )
     if appends:
         print(f"appends, median of {args.rounds} rounds")
