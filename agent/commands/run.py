@@ -27,8 +27,11 @@ def handle(args: argparse.Namespace) -> int:
         print("plantgate: not started because the configuration is invalid", file=sys.stderr)
         return 2
 
+    from agent import systemd
     from agent.logs import setup_logging
+    from agent.sdnotify import Notifier
     from agent.supervisor import run_agent
 
     setup_logging(settings.logging.level, settings.logging.format)
-    return asyncio.run(run_agent(settings))
+    with Notifier() as notifier:
+        return asyncio.run(run_agent(settings, configure=lambda agent: systemd.attach(agent, notifier)))
