@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,9 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="plantgate",
         description="Edge store-and-forward agent: machine and MES data to the central ERP integration layer.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"plantgate {__version__} (build {build_commit()})"
-    )
+    parser.add_argument("--version", action="version", version=f"plantgate {__version__} (build {build_commit()})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -36,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`plantgate ... | head`); that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

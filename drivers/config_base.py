@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ def _resolve(path: Path) -> Path:
     base = config_dir.get()
     path = path.expanduser()
     if base is not None and not path.is_absolute():
-        return base / path
+        return Path(os.path.normpath(base / path))
     return path
 
 

@@ -13,6 +13,7 @@ from outbox.clock import SYSTEM_CLOCK, Clock
 SOURCE_CLASSES: dict[str, str] = {
     "opcua": "drivers.opcua.source:OpcUaSource",
     "modbus": "drivers.modbus.source:ModbusSource",
+    "mes": "drivers.mes.source:MesSource",
 }
 
 

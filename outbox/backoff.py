@@ -13,9 +13,9 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
     between half the ceiling and the ceiling ("equal jitter"), so gateways that lost the WAN
     together do not retry in lockstep, yet no retry comes sooner than half the ceiling.
     """
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     ceiling = min(maximum, initial * (2 ** min(attempt, 62)))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    return ceiling / 2 + uniform(0, ceiling / 2)
 
 
 @dataclass

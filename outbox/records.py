@@ -21,6 +21,11 @@ RECORD_ID_NAMESPACE = uuid.UUID("6f1c2a52-7d0e-5b8e-9c61-3f4a0d2b9e11")
 # budget, which counts record bytes rather than file pages.
 ROW_OVERHEAD_BYTES = 96
 
+# A record captured before this instant was stamped by a gateway whose clock was not yet set
+# (a real-time clock reset to 1970, or no NTP yet at boot). Such records are stored and sent
+# with `captured_before_clock_set` true, so the receiver does not take the time as real.
+CLOCK_SET_AFTER = datetime(2020, 1, 1, tzinfo=UTC)
+
 
 class Lane(IntEnum):
     """Delivery lane. A lower value is delivered first."""
@@ -124,6 +129,12 @@ class Record:
     def __post_init__(self) -> None:
         if not self.payload_json:
             object.__setattr__(self, "payload_json", encode_payload(self.payload))
+
+    @property
+    def captured_before_clock_set(self) -> bool:
+        """Whether `captured_at` is before CLOCK_SET_AFTER, so the gateway clock was wrong."""
+        captured = self.captured_at if self.captured_at.tzinfo else self.captured_at.replace(tzinfo=UTC)
+        return captured < CLOCK_SET_AFTER
 
     @property
     def size(self) -> int:

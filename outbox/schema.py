@@ -3,6 +3,13 @@
 Each entry of MIGRATIONS moves the schema up by one version and is applied once, in its own
 transaction. Entries are only ever appended: a released migration is never edited, so every
 outbox written by an earlier release can be brought forward.
+
+An older plantgate that finds a newer schema refuses to start and names the release to run.
+It can name it only if the file records it: every migration after version 1 must also run
+`INSERT OR REPLACE INTO schema_releases (version, first_release) VALUES (<N>, '<release>')`,
+and the version 2 migration must first create that table with
+`CREATE TABLE IF NOT EXISTS schema_releases (version INTEGER PRIMARY KEY, first_release TEXT NOT NULL)`.
+`release_for` reads it.
 """
 
 from __future__ import annotations
@@ -79,10 +86,13 @@ def migrate(connection: sqlite3.Connection, path: str) -> int:
     """
     found = read_version(connection)
     if found > SCHEMA_VERSION:
+        release = release_for(connection, found)
+        to_run = f"plantgate {release} or newer" if release else f"a plantgate release with outbox schema {found}"
         raise SchemaTooNew(
             f"outbox {path} has schema version {found}, but this plantgate supports up to version "
-            f"{SCHEMA_VERSION}. Run the plantgate release that wrote it (or a newer one); "
-            f"the file was left unchanged."
+            f"{SCHEMA_VERSION}. Run {to_run} (the manifest of each release lists its outbox_schema; "
+            f"releases installed by `plantgate update` stay under versions/ in the install folder). "
+            f"The file was left unchanged."
         )
 
     for version in range(found + 1, SCHEMA_VERSION + 1):
@@ -97,6 +107,16 @@ def migrate(connection: sqlite3.Connection, path: str) -> int:
             connection.execute("ROLLBACK")
             raise
     return found
+
+
+def release_for(connection: sqlite3.Connection, version: int) -> str | None:
+    """The first plantgate release that writes schema `version`, as recorded in the file, or None
+    when the file does not record it (files of schema version 1 never do)."""
+    try:
+        row = connection.execute("SELECT first_release FROM schema_releases WHERE version = ?", (version,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return str(row[0]) if row and row[0] else None
 
 
 def _statements(script: str) -> list[str]:

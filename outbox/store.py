@@ -9,17 +9,20 @@ The forwarder reads batches through a second connection (WAL readers never block
 and acknowledges or dead-letters them through the writer, so one task makes every change.
 Memory holds only counters and the records being committed or forwarded: the backlog stays
 on disk.
+
+When the file cannot take a commit (disk full, I/O error, locked past `busy_retry_s`), the
+writer sheds appends of telemetry only, counting them, and fails every other request with
+OutboxUnavailable so its producer keeps the data. The first commit that succeeds again ends
+the condition; nothing else is needed to recover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,18 +32,30 @@ import aiosqlite
 
 from outbox.budget import Budget, plan_append
 from outbox.clock import SYSTEM_CLOCK, Clock
+from outbox.counters import (
+    CLOCK_UNSET_RECORDS,
+    SHED_BYTES,
+    SHED_ON_STORAGE_ERROR,
+    SHED_RECORDS,
+    Counters,
+    LaneTally,
+    OutboxStats,
+)
 from outbox.errors import OutboxError, OutboxFull, OutboxUnavailable
-from outbox.records import Lane, Record, StoredRecord, format_time, parse_time
-from outbox.schema import migrate
+from outbox.records import Lane, Record, StoredRecord, format_time
+from outbox.rows import INSERT_RECORD, RECORD_COLUMNS, row_for, stored_from_row
+from outbox.startup import StartupIncident, is_damaged, move_aside, prepare_file
+from outbox.storage_errors import Failure, advice, classify
 
 log = logging.getLogger(__name__)
 
 # One group commit takes at most this many queued operations, so one commit stays short.
 MAX_OPS_PER_COMMIT = 1024
-# SQLite allows 32,766 host parameters per statement since 3.32; stay well below.
+# SQLite allows 32,766 host parameters per statement since 3.32; stay well below, even in the
+# duplicate check, which binds each chunk three times (one per table).
 IN_CHUNK = 500
 WRITE_QUEUE_SIZE = 4096
-RECORD_COLUMNS = "seq, id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts"
+PRUNE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -51,6 +66,8 @@ class _Op:
 @dataclass
 class _Append(_Op):
     records: Sequence[Record]
+    # Set by the writer thread: the records this op inserted, once its transaction ran.
+    inserted: list[Record] = field(default_factory=list)
 
 
 @dataclass
@@ -71,39 +88,8 @@ class _CountAttempt(_Op):
 
 
 @dataclass
-class _LaneTally:
-    count: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class OutboxStats:
-    depth: dict[str, int]
-    bytes_by_lane: dict[str, int]
-    oldest_captured_at: dict[str, str | None]
-    bytes_used: int
-    max_bytes: int
-    dead_letters: int
-    shed_records: int
-    shed_bytes: int
-    shed_by_source: dict[str, int]
-    file_bytes: int
-    wal_bytes: int
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Counters:
-    lanes: dict[Lane, _LaneTally] = field(default_factory=lambda: {lane: _LaneTally() for lane in Lane})
-    dead_letters: int = 0
-    named: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def bytes_used(self) -> int:
-        return sum(tally.bytes for tally in self.lanes.values())
+class _Housekeep(_Op):
+    pass
 
 
 class Outbox:
@@ -111,6 +97,12 @@ class Outbox:
 
     `append` is safe to call from any number of tasks. `next_batch`, `acknowledge` and
     `dead_letter` are meant for one forwarder at a time.
+
+    A busy file is retried for up to `busy_retry_s` seconds (each try itself waits up to
+    `busy_timeout_s` inside SQLite) before the request fails. Every `housekeeping_interval_s`
+    the writer reloads its counters if another process changed the file, and checkpoints the
+    write-ahead log once it is over `wal_max_bytes`. With `startup_checks`, a damaged file is
+    moved aside at open (see `outbox.startup`); operator tools open the file without them.
     """
 
     def __init__(
@@ -121,35 +113,72 @@ class Outbox:
         telemetry_share: float = 0.8,
         delivered_retention: timedelta = timedelta(days=7),
         clock: Clock = SYSTEM_CLOCK,
+        busy_timeout_s: float = 5.0,
+        busy_retry_s: float = 30.0,
+        wal_max_bytes: int = 64 * 1024**2,
+        housekeeping_interval_s: float = 5.0,
+        startup_checks: bool = True,
     ) -> None:
         self.path = Path(path)
         self.budget = Budget(max_bytes=max_bytes, telemetry_max_bytes=int(max_bytes * telemetry_share))
         self.delivered_retention = delivered_retention
         self.clock = clock
+        self.busy_timeout_s = busy_timeout_s
+        self.busy_retry_s = busy_retry_s
+        self.wal_max_bytes = wal_max_bytes
+        self.housekeeping_interval_s = housekeeping_interval_s
+        self.startup_checks = startup_checks
+
         self.last_error: str | None = None
+        self.condition: Failure | None = None
+        self.startup_incident: StartupIncident | None = None
         self.commits = 0
-        self._counters = _Counters()
+        # Called on the event loop after each commit with the records it stored, in store order.
+        self.on_commit: Callable[[list[Record]], None] | None = None
+        self.failed_commits = 0
+        self.busy_retries = 0
+        self.checkpoints = 0
+        self.wal_checkpoint_blocked = False
+
+        self._counters = Counters()
+        # Counts made while the file could not take a commit; written with the next commit.
+        self._unsaved = Counters()
+        self._failed_since_ok = 0
+        self._clock_warned: set[str] = set()
+        self._data_version = 0
+        # Telemetry in the forwarder's latest batch, seq -> (source, size): budget shedding skips
+        # these, and an acknowledgement of one that was shed anyway takes back its shed count.
+        self._in_flight: dict[int, tuple[str, int]] = {}
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
-        self._writer: aiosqlite.Connection | None = None
+        # The writer is a plain sqlite3 connection, and each transaction runs in one worker thread
+        # call, so a commit costs one thread hop rather than one per statement.
+        self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._task_group: asyncio.TaskGroup | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._housekeeper_task: asyncio.Task[None] | None = None
         self._last_prune = float("-inf")
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Outbox:
-        await asyncio.to_thread(_prepare_file, self.path)
-        self._writer = await _connect(self.path)
-        self._reader = await _connect(self.path)
-        await self._load_counters()
+        await self._open_file()
+        try:
+            self._writer = await asyncio.to_thread(self._connect_writer)
+            self._reader = await self._connect()
+            self._counters = await asyncio.to_thread(_read_counters, self._writer)
+            self._data_version = await asyncio.to_thread(_data_version, self._writer)
+        except sqlite3.Error as error:
+            await self.close()
+            raise OutboxUnavailable(
+                f"outbox {self.path} could not be opened: {error}; {advice(_failure(error), str(self.path))}"
+            ) from error
+
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
         self._writer_task = self._task_group.create_task(self._write_loop(), name="outbox-writer")
-        log.info(
-            "outbox opened",
-            extra={"path": str(self.path), "records": sum(t.count for t in self._counters.lanes.values())},
-        )
+        self._housekeeper_task = self._task_group.create_task(self._housekeeping_loop(), name="outbox-housekeeper")
+        log.info("outbox opened", extra={"path": str(self.path), "records": self._counters.depth})
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -159,26 +188,75 @@ class Outbox:
         """Commit what is queued, stop the writer and close the file. Safe to call twice."""
         if self._task_group is not None:
             task_group, self._task_group = self._task_group, None
+            if self._housekeeper_task is not None:
+                self._housekeeper_task.cancel()
             await self._queue.join()
             if self._writer_task is not None:
                 self._writer_task.cancel()
             await task_group.__aexit__(None, None, None)
-        for name in ("_writer", "_reader"):
-            connection = getattr(self, name)
-            if connection is not None:
-                setattr(self, name, None)
-                await connection.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.to_thread(writer.close)
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+
+    async def _open_file(self) -> None:
+        """Prepare the file; with startup checks, move a damaged one aside and start a new one."""
+        try:
+            await asyncio.to_thread(prepare_file, self.path, check=self.startup_checks)
+            return
+        except sqlite3.Error as error:
+            if not (self.startup_checks and is_damaged(error)):
+                raise OutboxUnavailable(
+                    f"outbox {self.path} could not be opened: {error}; "
+                    f"{advice(_failure(error), str(self.path))}. The file was left in place."
+                ) from error
+            damage = error
+
+        moved_to = await asyncio.to_thread(move_aside, self.path, self.clock.now())
+        self.startup_incident = StartupIncident(
+            path=str(self.path),
+            moved_to=str(moved_to),
+            error=f"{type(damage).__name__}: {damage}",
+            detected_at=format_time(self.clock.now()),
+        )
+        log.error(self.startup_incident.message, extra={"path": str(self.path), "moved_to": str(moved_to)})
+        await asyncio.to_thread(prepare_file, self.path, check=False)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        connection = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in self._pragmas():
+            await connection.execute(pragma)
+        return connection
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        # Used by one thread at a time: the writer task waits for each call to finish.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in self._pragmas():
+            connection.execute(pragma)
+        return connection
+
+    def _pragmas(self) -> list[str]:
+        return [
+            # FULL: in WAL mode SQLite syncs the log at every commit, so a commit survives power loss.
+            "PRAGMA synchronous = FULL",
+            f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}",
+            # Truncate the WAL back to this size after each reset, so one burst does not keep it large.
+            f"PRAGMA journal_size_limit = {int(self.wal_max_bytes)}",
+        ]
 
     # -- producers --------------------------------------------------------------------------
 
     async def append(self, records: Sequence[Record]) -> list[bool]:
         """Store records durably, all or nothing.
 
-        Returns, per record, True if it was stored now and False if its id was already held
-        (stored, delivered or dead-lettered). Returns only after the commit is on disk.
-        Raises OutboxFull if transactions or events do not fit the budget (telemetry is shed
-        instead), and OutboxUnavailable if the commit failed; in both cases nothing of this
-        call was stored.
+        Returns, per record, True if it was stored now (or shed as telemetry, which is
+        counted) and False if its id was already held (stored, delivered or dead-lettered).
+        Returns only after the commit is on disk. Raises OutboxFull if transactions or events
+        do not fit the budget, and OutboxUnavailable if the commit failed; in both cases
+        nothing of this call was stored. A call holding only telemetry never raises
+        OutboxUnavailable: when the file cannot take it, its records are shed and counted.
         """
         if not records:
             return []
@@ -190,19 +268,20 @@ class Outbox:
         """The oldest undelivered records in delivery order (lane, then FIFO), within the limits.
 
         Always returns at least one record when any is waiting, even one over `max_bytes`.
+        Raises OutboxUnavailable if the file cannot be read.
         """
-        reader = self._require(self._reader)
-        rows = await reader.execute_fetchall(
-            f"SELECT {RECORD_COLUMNS} FROM records ORDER BY lane, seq LIMIT ?", (max_records,)
-        )
+        rows = await self._read(f"SELECT {RECORD_COLUMNS} FROM records ORDER BY lane, seq LIMIT ?", (max_records,))
         batch: list[StoredRecord] = []
         total = 0
         for row in rows:
-            stored = _stored_from_row(row)
+            stored = stored_from_row(row)
             if batch and total + stored.size > max_bytes:
                 break
             batch.append(stored)
             total += stored.size
+        self._in_flight = {
+            stored.seq: (stored.record.source, stored.size) for stored in batch if stored.record.lane == Lane.TELEMETRY
+        }
         return batch
 
     async def acknowledge(self, seqs: Iterable[int]) -> None:
@@ -226,29 +305,21 @@ class Outbox:
 
     async def lookup(self, record_id: str) -> str | None:
         """Where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
-        reader = self._require(self._reader)
-        for table, state in (("records", "stored"), ("delivered", "forwarded"), ("dead_letters", "dead-lettered")):
-            rows = await reader.execute_fetchall(f"SELECT 1 FROM {table} WHERE id = ?", (record_id,))
-            if rows:
+        for table, state in (
+            ("records", "stored"),
+            ("delivered", "forwarded"),
+            ("dead_letters", "dead-lettered"),
+        ):
+            if await self._read(f"SELECT 1 FROM {table} WHERE id = ?", (record_id,)):
                 return state
         return None
 
     async def stats(self) -> OutboxStats:
-        reader = self._require(self._reader)
         oldest: dict[str, str | None] = {}
         for lane in Lane:
-            rows = list(
-                await reader.execute_fetchall(
-                    "SELECT captured_at FROM records WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),)
-                )
-            )
+            rows = await self._read("SELECT captured_at FROM records WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),))
             oldest[lane.label] = rows[0][0] if rows else None
         counters = self._counters
-        shed_by_source = {
-            name.removeprefix("shed_records:"): value
-            for name, value in counters.named.items()
-            if name.startswith("shed_records:")
-        }
         return OutboxStats(
             depth={lane.label: tally.count for lane, tally in counters.lanes.items()},
             bytes_by_lane={lane.label: tally.bytes for lane, tally in counters.lanes.items()},
@@ -256,20 +327,46 @@ class Outbox:
             bytes_used=counters.bytes_used,
             max_bytes=self.budget.max_bytes,
             dead_letters=counters.dead_letters,
-            shed_records=counters.named.get("shed_records", 0),
-            shed_bytes=counters.named.get("shed_bytes", 0),
-            shed_by_source=shed_by_source,
+            shed_records=counters.named.get(SHED_RECORDS, 0),
+            shed_bytes=counters.named.get(SHED_BYTES, 0),
+            shed_by_source=counters.shed_by_source(),
             file_bytes=_file_size(self.path),
-            wal_bytes=_file_size(self.path.with_name(self.path.name + "-wal")),
+            wal_bytes=_file_size(self.wal_path),
             last_error=self.last_error,
+            condition=self.condition.value if self.condition else None,
+            failed_commits=self.failed_commits,
+            busy_retries=self.busy_retries,
+            shed_on_storage_error=counters.named.get(SHED_ON_STORAGE_ERROR, 0),
+            clock_unset_records=counters.named.get(CLOCK_UNSET_RECORDS, 0),
+            checkpoints=self.checkpoints,
+            wal_checkpoint_blocked=self.wal_checkpoint_blocked,
+            startup_incident=self.startup_incident.as_dict() if self.startup_incident else None,
         )
 
     def depth(self) -> int:
-        return sum(tally.count for tally in self._counters.lanes.values())
+        return self._counters.depth
+
+    @property
+    def wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
 
     @property
     def writer_alive(self) -> bool:
         return self._writer_task is not None and not self._writer_task.done()
+
+    async def housekeep(self) -> None:
+        """Reload counters changed by another process and checkpoint a large WAL, now rather than
+        at the next interval."""
+        await self._submit(_Housekeep(self._new_future()))
+
+    async def _read(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        reader = self._require(self._reader)
+        try:
+            return list(await reader.execute_fetchall(sql, parameters))
+        except sqlite3.Error as error:
+            raise OutboxUnavailable(
+                f"outbox {self.path} could not be read: {error}; {advice(_failure(error), str(self.path))}"
+            ) from error
 
     # -- the writer -------------------------------------------------------------------------
 
@@ -287,174 +384,311 @@ class Outbox:
             ops = [await self._queue.get()]
             while len(ops) < MAX_OPS_PER_COMMIT and not self._queue.empty():
                 ops.append(self._queue.get_nowait())
+            changes = [op for op in ops if not isinstance(op, _Housekeep)]
+            chores = [op for op in ops if isinstance(op, _Housekeep)]
             try:
-                await self._commit_group(ops)
+                if changes:
+                    await self._commit_group(changes)
+                if chores:
+                    await asyncio.to_thread(self._housekeep)
+                    for op in chores:
+                        _settle(op, None)
             except Exception as error:
                 # A bug must not stop the writer: fail these callers and keep serving the rest.
                 log.exception("outbox writer failed on a group of %d operations", len(ops))
                 for op in ops:
-                    self._fail(op, error)
+                    self._fail_request(op, error)
             finally:
                 for _ in ops:
                     self._queue.task_done()
 
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.housekeeping_interval_s)
+            try:
+                await self.housekeep()
+            except OutboxError as error:
+                log.debug("outbox housekeeping skipped: %s", error)
+
     async def _commit_group(self, ops: list[_Op]) -> None:
-        """Commit all ops in one transaction; if that fails, retry them one by one so one bad
-        op cannot cost the others."""
+        """Commit all ops in one transaction.
+
+        If a request's data is at fault, retry the ops one by one so it cannot cost the others.
+        If the file is at fault, `_storage_failed` decides what each op gets.
+        """
         ops = [op for op in ops if not op.future.done()]
         if not ops:
             return
         try:
-            results = await self._run_transaction(ops)
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as error:
-            if len(ops) == 1:
-                self._fail(ops[0], error)
-                return
-            log.warning("outbox group commit failed; retrying its %d operations one by one: %s", len(ops), error)
-            for op in ops:
-                try:
-                    (result,) = await self._run_transaction([op])
-                except (sqlite3.Error, ValueError, TypeError, OverflowError) as single_error:
-                    self._fail(op, single_error)
-                else:
-                    _settle(op, result)
+            results = await self._transact(ops)
+        except Exception as error:
+            failure = classify(error)
+            if failure is None:
+                raise
+            if failure is not Failure.DATA:
+                self._storage_failed(ops, error, failure)
+            elif len(ops) == 1:
+                self._fail_request(ops[0], error)
+            else:
+                log.warning("outbox group commit failed; retrying its %d operations one by one: %s", len(ops), error)
+                await self._commit_one_by_one(ops)
             return
         for op, result in zip(ops, results, strict=True):
             _settle(op, result)
 
-    def _fail(self, op: _Op, error: Exception) -> None:
+    async def _commit_one_by_one(self, ops: list[_Op]) -> None:
+        for op in ops:
+            try:
+                (result,) = await self._transact([op])
+            except Exception as error:
+                failure = classify(error)
+                if failure is None:
+                    raise
+                if failure is Failure.DATA:
+                    self._fail_request(op, error)
+                else:
+                    self._storage_failed([op], error, failure)
+            else:
+                _settle(op, result)
+
+    async def _transact(self, ops: list[_Op]) -> list[Any]:
+        """Run one transaction, retrying while the file is busy for at most `busy_retry_s`."""
+        started = self.clock.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                results, pending = await asyncio.to_thread(self._run_transaction, ops)
+            except sqlite3.Error as error:
+                waited = self.clock.monotonic() - started
+                if classify(error) is not Failure.BUSY or waited + delay > self.busy_retry_s:
+                    raise
+                self.busy_retries += 1
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            # Counters change only on the event loop's thread, so stats() never sees them half updated.
+            self._counters.merge(pending)
+            self._unsaved = Counters()
+            self._commit_succeeded()
+            self._report_inserted(ops)
+            return results
+
+    def _report_inserted(self, ops: list[_Op]) -> None:
+        """Tell `on_commit` which records the commit stored, even when their producer was cancelled
+        while it waited: the records are on disk all the same."""
+        if self.on_commit is None:
+            return
+        inserted = [record for op in ops if isinstance(op, _Append) for record in op.inserted]
+        if inserted:
+            try:
+                self.on_commit(inserted)
+            except Exception:
+                log.exception("outbox on_commit callback failed")
+
+    def _commit_succeeded(self) -> None:
+        self.commits += 1
+        if self.condition is not None:
+            log.info(
+                "outbox commits again after %d failed commits (%s)",
+                self._failed_since_ok,
+                self.condition.value,
+                extra={"path": str(self.path)},
+            )
+            self.condition = None
+            self.last_error = None
+            self._failed_since_ok = 0
+
+    def _storage_failed(self, ops: list[_Op], error: Exception, failure: Failure) -> None:
+        """Shed telemetry-only appends and fail every other op, because the file could not take the commit."""
+        self.failed_commits += 1
+        self._failed_since_ok += 1
         self.last_error = f"{type(error).__name__}: {error}"
-        log.error("outbox commit failed: %s", self.last_error, extra={"path": str(self.path)})
+        hint = advice(failure, str(self.path))
+        if self.condition is not failure:
+            self.condition = failure
+            log.error(
+                "outbox commit failed (%s): %s; %s. Until a commit succeeds, telemetry is shed and counted"
+                " and other requests are rejected.",
+                failure.value,
+                self.last_error,
+                hint,
+                extra={"path": str(self.path)},
+            )
+        for op in ops:
+            if op.future.done():
+                continue
+            if isinstance(op, _Append) and all(record.lane == Lane.TELEMETRY for record in op.records):
+                for record in op.records:
+                    for counters in (self._counters, self._unsaved):
+                        counters.count_shed(record.source, record.size)
+                        counters.add(SHED_ON_STORAGE_ERROR, 1)
+                op.future.set_result([True] * len(op.records))
+            else:
+                op.future.set_exception(
+                    OutboxUnavailable(
+                        f"outbox {self.path} could not commit ({failure.value}: {error}); "
+                        f"nothing of this request was stored. {hint}"
+                    )
+                )
+
+    def _fail_request(self, op: _Op, error: Exception) -> None:
+        log.error("outbox request failed: %s: %s", type(error).__name__, error, extra={"path": str(self.path)})
         if not op.future.done():
             op.future.set_exception(
                 OutboxUnavailable(f"outbox {self.path} could not commit: {error}; nothing of this request was stored")
             )
 
-    async def _run_transaction(self, ops: list[_Op]) -> list[Any]:
+    def _run_transaction(self, ops: list[_Op]) -> tuple[list[Any], Counters]:
+        """Apply `ops` in one transaction, in the calling worker thread; return each op's result
+        and the counter changes to merge once the commit is done."""
         db = self._require(self._writer)
-        pending = _Counters(lanes={lane: _LaneTally() for lane in Lane})
+        pending = Counters(lanes={lane: LaneTally() for lane in Lane})
         results: list[Any] = []
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
+            self._reload_if_changed(db)
             seen: set[str] = set()
             for op in ops:
                 if isinstance(op, _Append):
-                    results.append(await self._apply_append(db, op, seen, pending))
+                    results.append(self._apply_append(db, op, seen, pending))
                 elif isinstance(op, _Acknowledge):
-                    results.append(await self._apply_acknowledge(db, op.seqs, pending))
+                    results.append(self._apply_acknowledge(db, op.seqs, pending))
                 elif isinstance(op, _DeadLetter):
-                    results.append(await self._apply_dead_letter(db, op, pending))
+                    results.append(self._apply_dead_letter(db, op, pending))
                 elif isinstance(op, _CountAttempt):
-                    await _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
+                    _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
                     results.append(None)
-            await self._maybe_prune(db)
-            await _write_counters(db, pending.named)
-            await db.execute("COMMIT")
+            self._maybe_prune(db)
+            deltas = dict(pending.named)
+            for name, value in self._unsaved.named.items():
+                deltas[name] = deltas.get(name, 0) + value
+            _write_counters(db, deltas)
+            db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             raise
+        return results, pending
 
-        self._merge(pending)
-        self.commits += 1
-        if self.last_error is not None:
-            log.info("outbox commits again after an error", extra={"path": str(self.path)})
-            self.last_error = None
-        return results
-
-    async def _apply_append(
-        self, db: aiosqlite.Connection, op: _Append, seen: set[str], pending: _Counters
+    def _apply_append(
+        self, db: sqlite3.Connection, op: _Append, seen: set[str], pending: Counters
     ) -> list[bool] | OutboxError:
-        held = await _existing_ids(db, [record.id for record in op.records])
+        held = _existing_ids(db, [record.id for record in op.records])
         fresh: list[Record] = []
         stored_flags: list[bool] = []
+        claimed: set[str] = set()
         for record in op.records:
-            is_new = record.id not in held and record.id not in seen
+            is_new = record.id not in held and record.id not in seen and record.id not in claimed
             stored_flags.append(is_new)
             if is_new:
-                seen.add(record.id)
+                claimed.add(record.id)
                 fresh.append(record)
 
         used = {lane: self._counters.lanes[lane].bytes + pending.lanes[lane].bytes for lane in Lane}
         plan = plan_append(self.budget, used, fresh)
         if plan.error is not None:
+            # Claim no ids: a later call in this group may carry the same records and fit.
             return OutboxFull(plan.error)
+        seen.update(claimed)
 
         if plan.shed_stored_bytes > 0:
-            await self._shed_stored(db, plan.shed_stored_bytes, pending)
+            self._shed_stored(db, plan.shed_stored_bytes, pending)
         for record in plan.shed_incoming:
-            _count(pending, "shed_records", 1)
-            _count(pending, "shed_bytes", record.size)
-            _count(pending, f"shed_records:{record.source}", 1)
+            pending.count_shed(record.source, record.size)
 
         shed_ids = plan.shed_incoming_ids
         keep = [record for record in fresh if record.id not in shed_ids]
-        await db.executemany(
-            "INSERT INTO records (id, lane, source, kind, subject, source_time, captured_at, quality, payload, size)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_row_for(record) for record in keep],
-        )
+        db.executemany(INSERT_RECORD, [row_for(record) for record in keep])
+        op.inserted = keep
         for record in keep:
             tally = pending.lanes[record.lane]
             tally.count += 1
             tally.bytes += record.size
+            if record.captured_before_clock_set:
+                self._note_clock_unset(record, pending)
         return stored_flags
 
-    async def _shed_stored(self, db: aiosqlite.Connection, needed: int, pending: _Counters) -> None:
-        """Delete the oldest stored telemetry until `needed` bytes are freed, counting each record."""
-        freed = 0
-        while freed < needed:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT seq, size, source FROM records WHERE lane = ? ORDER BY seq LIMIT 1000",
-                    (int(Lane.TELEMETRY),),
-                )
+    def _note_clock_unset(self, record: Record, pending: Counters) -> None:
+        pending.add(CLOCK_UNSET_RECORDS, 1)
+        if record.source not in self._clock_warned:
+            self._clock_warned.add(record.source)
+            log.warning(
+                "source %s captured a record at %s, before the gateway clock was set; it is stored and "
+                "sent flagged as such. Check the gateway's time synchronisation (NTP).",
+                record.source,
+                format_time(record.captured_at),
+                extra={"source": record.source, "record_id": record.id},
             )
+
+    def _shed_stored(self, db: sqlite3.Connection, needed: int, pending: Counters) -> None:
+        """Delete the oldest stored telemetry until `needed` bytes are freed, counting each record.
+
+        Records in the forwarder's current batch are skipped: they are on their way to the
+        receiver, so shedding them would count as lost what is in fact delivered. The budget
+        can therefore be exceeded by at most one forwarded batch.
+        """
+        freed = 0
+        after = 0
+        while freed < needed:
+            rows = db.execute(
+                "SELECT seq, size, source FROM records WHERE lane = ? AND seq > ? ORDER BY seq LIMIT 1000",
+                (int(Lane.TELEMETRY), after),
+            ).fetchall()
             if not rows:
                 return
+            after = rows[-1][0]
             chosen = []
             for seq, size, source in rows:
+                if seq in self._in_flight:
+                    continue
                 chosen.append(seq)
                 freed += size
-                _count(pending, f"shed_records:{source}", 1)
-                _count(pending, "shed_records", 1)
-                _count(pending, "shed_bytes", size)
+                pending.count_shed(source, size)
                 pending.lanes[Lane.TELEMETRY].count -= 1
                 pending.lanes[Lane.TELEMETRY].bytes -= size
                 if freed >= needed:
                     break
-            await db.execute(
-                "DELETE FROM records WHERE lane = ? AND seq <= ?", (int(Lane.TELEMETRY), chosen[-1])
-            )
+            _execute_chunked(db, "DELETE FROM records WHERE seq IN ({})", chosen)
 
-    async def _apply_acknowledge(self, db: aiosqlite.Connection, seqs: list[int], pending: _Counters) -> None:
+    def _apply_acknowledge(self, db: sqlite3.Connection, seqs: list[int], pending: Counters) -> None:
         now = format_time(self.clock.now())
         for chunk in _chunks(seqs):
             marks = ",".join("?" * len(chunk))
-            rows = await db.execute_fetchall(
-                f"DELETE FROM records WHERE seq IN ({marks}) RETURNING id, lane, size", chunk
-            )
+            rows = db.execute(
+                f"DELETE FROM records WHERE seq IN ({marks}) RETURNING seq, id, lane, size", chunk
+            ).fetchall()
+            self._uncount_shed_in_flight(chunk, {row[0] for row in rows}, pending)
             kept_ids = []
-            for record_id, lane, size in rows:
+            for _, record_id, lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
                 pending.lanes[Lane(lane)].bytes -= size
                 if lane != Lane.TELEMETRY:
                     kept_ids.append((record_id, lane, now))
             if kept_ids:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO delivered (id, lane, delivered_at) VALUES (?, ?, ?)", kept_ids
-                )
+                db.executemany("INSERT OR IGNORE INTO delivered (id, lane, delivered_at) VALUES (?, ?, ?)", kept_ids)
 
-    async def _apply_dead_letter(self, db: aiosqlite.Connection, op: _DeadLetter, pending: _Counters) -> None:
+    def _uncount_shed_in_flight(self, acknowledged: Sequence[int], deleted: set[int], pending: Counters) -> None:
+        """Take back the shed count of records the receiver acknowledged after the budget shed them.
+
+        A batch read just before a commit that shed its records can still be sent: the reader's
+        snapshot predates the shedding. Those records were delivered, so they are not lost.
+        """
+        in_flight = self._in_flight
+        for seq in acknowledged:
+            if seq not in deleted and seq in in_flight:
+                source, size = in_flight[seq]
+                pending.count_shed(source, size, sign=-1)
+
+    def _apply_dead_letter(self, db: sqlite3.Connection, op: _DeadLetter, pending: Counters) -> None:
         now = format_time(self.clock.now())
         for chunk in _chunks(op.seqs):
             marks = ",".join("?" * len(chunk))
-            await db.execute(
+            db.execute(
                 f"INSERT OR IGNORE INTO dead_letters ({RECORD_COLUMNS}, status, reason, failed_at)"
                 f" SELECT {RECORD_COLUMNS}, ?, ?, ? FROM records WHERE seq IN ({marks})",
                 (op.status, op.reason, now, *chunk),
             )
-            rows = await db.execute_fetchall(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk)
+            rows = db.execute(f"DELETE FROM records WHERE seq IN ({marks}) RETURNING lane, size", chunk).fetchall()
             for lane, size in rows:
                 pending.lanes[Lane(lane)].count -= 1
                 pending.lanes[Lane(lane)].bytes -= size
@@ -464,34 +698,83 @@ class Outbox:
             extra={"count": len(op.seqs), "status": op.status, "reason": op.reason[:200]},
         )
 
-    async def _maybe_prune(self, db: aiosqlite.Connection) -> None:
+    def _maybe_prune(self, db: sqlite3.Connection) -> None:
+        # Monotonic time paces the pruning; only the cutoff uses wall time, as delivered_at does.
         now = self.clock.monotonic()
-        if now - self._last_prune < 3600:
+        if now - self._last_prune < PRUNE_INTERVAL_S:
             return
         self._last_prune = now
         cutoff = format_time(self.clock.now() - self.delivered_retention)
-        await db.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,))
+        db.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,))
 
-    def _merge(self, pending: _Counters) -> None:
-        for lane, tally in pending.lanes.items():
-            self._counters.lanes[lane].count += tally.count
-            self._counters.lanes[lane].bytes += tally.bytes
-        self._counters.dead_letters += pending.dead_letters
-        for name, value in pending.named.items():
-            self._counters.named[name] = self._counters.named.get(name, 0) + value
+    # -- housekeeping -----------------------------------------------------------------------
 
-    async def _load_counters(self) -> None:
-        reader = self._require(self._reader)
-        for lane, count, size in await reader.execute_fetchall(
-            "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY lane"
-        ):
-            self._counters.lanes[Lane(lane)] = _LaneTally(count=count, bytes=size)
-        rows = list(await reader.execute_fetchall("SELECT COUNT(*) FROM dead_letters"))
-        self._counters.dead_letters = rows[0][0]
-        self._counters.named = dict(await reader.execute_fetchall("SELECT name, value FROM counters"))  # type: ignore[arg-type]
+    def _housekeep(self) -> None:
+        db = self._require(self._writer)
+        try:
+            if _data_version(db) != self._data_version:
+                db.execute("BEGIN")
+                try:
+                    self._reload_if_changed(db)
+                finally:
+                    db.execute("COMMIT")
+            self._check_wal(db)
+        except sqlite3.Error as error:
+            if classify(error) is None:
+                raise
+            log.warning("outbox housekeeping failed: %s", error, extra={"path": str(self.path)})
+
+    def _reload_if_changed(self, db: sqlite3.Connection) -> None:
+        """Reload the counters if another connection committed since this one last looked.
+
+        `PRAGMA data_version` changes only for commits by other connections, so the writer's
+        own commits never cause a reload. Call inside a transaction so the counts are consistent.
+        """
+        version = _data_version(db)
+        if version == self._data_version:
+            return
+        self._data_version = version
+        counters = _read_counters(db)
+        counters.merge(self._unsaved)
+        self._counters = counters
+        log.info(
+            "outbox counters reloaded after a change by another process",
+            extra={"path": str(self.path), "records": self._counters.depth},
+        )
+
+    def _check_wal(self, db: sqlite3.Connection) -> None:
+        """Checkpoint and truncate the WAL once it is over `wal_max_bytes`.
+
+        SQLite's automatic checkpoints cannot reset the log while another connection reads an
+        older snapshot, so a long reader makes it grow; this reports that as
+        `wal_checkpoint_blocked` and retries at every housekeeping until the reader is gone.
+        """
+        if _file_size(self.wal_path) <= self.wal_max_bytes and not self.wal_checkpoint_blocked:
+            return
+        # Do not wait for readers here: the writer must stay free for producers.
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            cursor = db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, log_frames, checkpointed = cursor.fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        self.checkpoints += 1
+
+        blocked = bool(busy) or checkpointed < log_frames
+        if blocked and not self.wal_checkpoint_blocked:
+            log.warning(
+                "outbox write-ahead log is %d bytes and cannot be reset, because another connection keeps "
+                "a transaction open on %s; end long-running readers (sqlite3 shells, backups)",
+                _file_size(self.wal_path),
+                self.path,
+                extra={"path": str(self.path)},
+            )
+        elif not blocked and self.wal_checkpoint_blocked:
+            log.info("outbox write-ahead log checkpointed again", extra={"path": str(self.path)})
+        self.wal_checkpoint_blocked = blocked
 
     @staticmethod
-    def _require(connection: aiosqlite.Connection | None) -> aiosqlite.Connection:
+    def _require(connection: Any) -> Any:
         if connection is None:
             raise OutboxUnavailable("outbox is not open")
         return connection
@@ -500,34 +783,25 @@ class Outbox:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _prepare_file(path: Path) -> None:
-    """Create the folder, set WAL mode and migrate the schema, in a plain connection."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
-        migrate(connection, str(path))
-    finally:
-        connection.close()
-    if not existed:
-        # Make the new file's directory entry durable too, not only its contents.
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _failure(error: BaseException) -> Failure:
+    return classify(error) or Failure.STORAGE
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    connection = await aiosqlite.connect(path, isolation_level=None)
-    # FULL: in WAL mode SQLite syncs the log at every commit, so a commit survives power loss.
-    await connection.execute("PRAGMA synchronous = FULL")
-    await connection.execute("PRAGMA busy_timeout = 10000")
-    # Truncate the WAL back to this size after checkpoints so it cannot stay large.
-    await connection.execute("PRAGMA journal_size_limit = 67108864")
-    return connection
+def _read_counters(db: sqlite3.Connection) -> Counters:
+    counters = Counters()
+    for lane, count, size in db.execute(
+        "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM records GROUP BY lane"
+    ).fetchall():
+        counters.lanes[Lane(lane)] = LaneTally(count=count, bytes=size)
+    counters.dead_letters = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+    counters.named = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    return counters
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    cursor = db.execute("PRAGMA data_version")
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -535,32 +809,30 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + IN_CHUNK]
 
 
-async def _execute_chunked(db: aiosqlite.Connection, sql: str, values: Sequence[Any]) -> None:
+def _execute_chunked(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> None:
     for chunk in _chunks(values):
-        await db.execute(sql.format(",".join("?" * len(chunk))), chunk)
+        db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
 
-async def _existing_ids(db: aiosqlite.Connection, ids: list[str]) -> set[str]:
+def _existing_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
     held: set[str] = set()
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
-        for table in ("records", "delivered", "dead_letters"):
-            rows = await db.execute_fetchall(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)
-            held.update(row[0] for row in rows)
+        sql = " UNION ALL ".join(
+            f"SELECT id FROM {table} WHERE id IN ({marks})" for table in ("records", "delivered", "dead_letters")
+        )
+        rows = db.execute(sql, [*chunk, *chunk, *chunk]).fetchall()
+        held.update(row[0] for row in rows)
     return held
 
 
-async def _write_counters(db: aiosqlite.Connection, deltas: dict[str, int]) -> None:
+def _write_counters(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
     if deltas:
-        await db.executemany(
+        db.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?)"
             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             list(deltas.items()),
         )
-
-
-def _count(counters: _Counters, name: str, amount: int) -> None:
-    counters.named[name] = counters.named.get(name, 0) + amount
 
 
 def _settle(op: _Op, result: Any) -> None:
@@ -572,42 +844,8 @@ def _settle(op: _Op, result: Any) -> None:
         op.future.set_result(result)
 
 
-def _row_for(record: Record) -> tuple[Any, ...]:
-    return (
-        record.id,
-        int(record.lane),
-        record.source,
-        record.kind,
-        record.subject,
-        format_time(record.source_time) if record.source_time else None,
-        format_time(record.captured_at),
-        record.quality,
-        record.payload_json,
-        record.size,
-    )
-
-
-def _stored_from_row(row: Any) -> StoredRecord:
-    seq, record_id, lane, source, kind, subject, source_time, captured_at, quality, payload, size, attempts = row
-
-    record = Record(
-        id=record_id,
-        source=source,
-        lane=Lane(lane),
-        kind=kind,
-        subject=subject,
-        source_time=parse_time(source_time) if source_time else None,
-        captured_at=parse_time(captured_at),
-        quality=quality,
-        payload=json.loads(payload),
-        payload_json=payload,
-    )
-    return StoredRecord(seq=seq, record=record, size=size, attempts=attempts)
-
-
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:
         return 0
-

@@ -1,0 +1,106 @@
+"""The OPC UA source against node-opcua, a server implementation nobody here wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from drivers.base import SourceState
+from drivers.opcua.security import PkiPaths
+from drivers.opcua.source import OpcUaSource
+from outbox.records import Quality
+from outbox.store import Outbox
+from tests.conftest import free_port
+from tests.drivers.opcua.conftest import running, source_config, stored_records, wait_for
+
+pytestmark = pytest.mark.node
+
+PROJECT = Path(__file__).resolve().parent
+NODES = [
+    {"node_id": "nsu=urn:plantgate:interop;s=Line2.Temperature", "name": "Line2.Temperature"},
+    {"node_id": "nsu=urn:plantgate:interop;s=Line2.Counter", "name": "Line2.Counter"},
+    {"browse_path": "Line2/Label", "namespace": "urn:plantgate:interop", "name": "Line2.Label"},
+]
+
+
+@pytest.fixture(scope="module")
+def node_project() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed to run the node-opcua server; install Node.js 18 or later")
+    if not (PROJECT / "node_modules" / "node-opcua").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PROJECT, check=True, timeout=600)
+    return PROJECT
+
+
+@contextlib.asynccontextmanager
+async def node_opcua_server(project: Path, pki_dir: Path, *, secure: bool) -> AsyncIterator[str]:
+    port = free_port()
+    arguments = ["node", "server.js", str(port), str(pki_dir)] + (["--secure"] if secure else [])
+    process = await asyncio.create_subprocess_exec(
+        *arguments, cwd=project, stdout=asyncio.subprocess.PIPE, stderr=sys.stderr
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(60):
+            while True:
+                line = await process.stdout.readline()
+                if not line:
+                    raise AssertionError(f"node-opcua server exited with {await process.wait()}")
+                if line.startswith(b"READY"):
+                    break
+        yield f"opc.tcp://127.0.0.1:{port}/interop"
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_source_stores_node_opcua_values(node_project, tmp_path):
+    async with node_opcua_server(node_project, tmp_path / "server-pki", secure=False) as endpoint:
+        source = OpcUaSource(source_config(endpoint, nodes=NODES))
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox, running(source, outbox):
+            await wait_for(lambda: _counter_changes(outbox, 3), limit_s=30)
+            records = await stored_records(outbox)
+
+    subjects = {record.subject for record in records}
+    assert subjects == {"Line2.Temperature", "Line2.Counter", "Line2.Label"}
+    counter = [record for record in records if record.subject == "Line2.Counter"]
+    assert all(record.quality == Quality.GOOD for record in counter)
+    assert all(isinstance(record.payload["value"], int) for record in counter)
+    label = next(record for record in records if record.subject == "Line2.Label")
+    assert label.payload["value"].startswith("batch-")
+    assert label.payload["datatype"] == "String"
+
+
+async def _counter_changes(outbox, count):
+    records = await stored_records(outbox)
+    return len([r for r in records if r.subject == "Line2.Counter"]) >= count and {r.subject for r in records} >= {
+        "Line2.Label",
+        "Line2.Temperature",
+    }
+
+
+async def test_secure_session_after_operator_trusts_certificate(node_project, tmp_path):
+    pki = PkiPaths(tmp_path / "agent-pki")
+    security = {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", "pki_dir": str(pki.root)}
+    async with node_opcua_server(node_project, tmp_path / "server-pki", secure=True) as endpoint:
+        source = OpcUaSource(source_config(endpoint, nodes=NODES, security=security))
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox, running(source, outbox):
+            await wait_for(lambda: source.status.state == SourceState.DISCONNECTED, limit_s=30)
+            assert "not trusted" in (source.status.last_error or "")
+            rejected = await wait_for(lambda: list(pki.rejected.glob("*.der")))
+            assert await stored_records(outbox) == []
+
+            pki.trusted.mkdir(parents=True, exist_ok=True)
+            rejected[0].rename(pki.trusted / rejected[0].name)
+            await wait_for(lambda: _counter_changes(outbox, 2), limit_s=30)
+
+    assert pki.certificate.exists()
+    assert source.status.state == SourceState.STOPPED
