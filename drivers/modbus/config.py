@@ -15,9 +15,7 @@ from drivers.config_base import SourceConfigBase, StrictModel
 from drivers.modbus.decode import BIT_TABLES, register_count
 
 Table = Literal["holding", "input", "coil", "discrete"]
-Datatype = Literal[
-    "int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64", "bool", "string"
-]
+Datatype = Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64", "bool", "string"]
 Order = Literal["big", "little"]
 Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
 
@@ -53,14 +51,10 @@ def parse_reference(text: str) -> tuple[str, int]:
 class ModbusPoint(StrictModel):
     name: str = Field(min_length=1)
     table: Table = "holding"
-    address: int = Field(
-        ge=0, le=65535, description="zero-based address, or a quoted '40001'-style reference"
-    )
+    address: int = Field(ge=0, le=65535, description="zero-based address, or a quoted '40001'-style reference")
     datatype: Datatype = "uint16"
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register for datatype bool")
-    length: int | None = Field(
-        default=None, ge=1, le=MAX_REGISTERS_PER_READ, description="registers of a string"
-    )
+    length: int | None = Field(default=None, ge=1, le=MAX_REGISTERS_PER_READ, description="registers of a string")
     byte_order: Order = Field(default="big", description="byte order within each 16-bit register")
     word_order: Order = Field(default="big", description="register order of 32- and 64-bit values")
     scale: float = 1.0
@@ -69,9 +63,7 @@ class ModbusPoint(StrictModel):
     unit_id: int | None = Field(default=None, ge=0, le=255, description="overrides the source's unit_id")
     poll_interval_ms: float | None = Field(default=None, gt=0, description="overrides the source's interval")
     deadband: float | None = Field(default=None, ge=0, description="report only changes beyond this")
-    heartbeat_s: float | None = Field(
-        default=None, gt=0, description="with deadband: report at least this often"
-    )
+    heartbeat_s: float | None = Field(default=None, gt=0, description="with deadband: report at least this often")
 
     @model_validator(mode="before")
     @classmethod
@@ -92,13 +84,11 @@ class ModbusPoint(StrictModel):
         in_bit_table = self.table in BIT_TABLES
         if in_bit_table and self.datatype != "bool":
             raise ValueError(
-                f"point {self.name!r}: a {self.table} holds single bits, so datatype must be 'bool', "
+                f"point {self.name!r}: a {self.table} is a single bit, so datatype must be 'bool', "
                 f"not {self.datatype!r}"
             )
         if self.bit is not None and (in_bit_table or self.datatype != "bool"):
-            raise ValueError(
-                f"point {self.name!r}: bit is only for datatype 'bool' in a holding or input register"
-            )
+            raise ValueError(f"point {self.name!r}: bit is only for datatype 'bool' in a holding or input register")
         if self.datatype == "string" and self.length is None:
             raise ValueError(f"point {self.name!r}: datatype 'string' needs length (number of registers)")
         if self.datatype != "string" and self.length is not None:

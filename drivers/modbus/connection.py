@@ -2,7 +2,7 @@
 
 This is the driver edge: pymodbus results and exceptions become a `ReadOutcome` (values, a
 Modbus exception code, or no response) or a `SourceUnavailable` (connection lost), so the
-polling code never sees a library type. pymodbus's own reconnect and retries are switched
+polling code never handles a library type. pymodbus's own reconnect and retries are switched
 off because the source decides both.
 """
 
@@ -51,7 +51,7 @@ def exception_name(code: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReadOutcome:
-    """What one read request produced: exactly one of `values`, `exception_code`, or `error`."""
+    """Result of one read request: exactly one of `values`, `exception_code`, or `error`."""
 
     values: list[int] | list[bool] | None = None
     exception_code: int | None = None
@@ -134,7 +134,7 @@ class ModbusConnection:
         A reply whose function code, unit or length does not match the request is treated
         as no reply: on TCP pymodbus already drops replies with another transaction id, and
         on a serial line this check plus the quiet time after a timeout keep a late reply
-        from being taken as the answer to the next request.
+        from being taken as the reply to the next request.
         """
         async with self._lock:
             return await self._read_locked(request)
@@ -182,7 +182,7 @@ class ModbusConnection:
         """Wait, after a request timed out on a serial line, until its late reply is over.
 
         RTU frames carry no transaction id, so a late reply that arrived during the next
-        request would pass for its answer. Waiting here lets it arrive now, when pymodbus
+        request would pass for its reply. Waiting here lets it arrive now, when pymodbus
         discards it as unrequested. The wait ends once bytes came and the line was then quiet
         for the inter-frame delay (at least 20 ms), or after `late_reply_wait_ms`.
         """
@@ -210,7 +210,7 @@ def raise_if_cancelling() -> None:
 
 
 def classify_response(request: ReadRequest, response: Any) -> ReadOutcome:
-    """Turn a pymodbus response into a ReadOutcome, checking it answers `request`."""
+    """Turn a pymodbus response into a ReadOutcome, checking that it is the reply to `request`."""
     if response.isError():
         code = getattr(response, "exception_code", None)
         if code is None:
@@ -218,9 +218,7 @@ def classify_response(request: ReadRequest, response: Any) -> ReadOutcome:
         return ReadOutcome(exception_code=int(code))
 
     if response.function_code != request.function_code:
-        return ReadOutcome(
-            error=f"reply has function code {response.function_code}, expected {request.function_code}"
-        )
+        return ReadOutcome(error=f"reply has function code {response.function_code}, expected {request.function_code}")
     if request.unit and response.dev_id != request.unit:
         return ReadOutcome(error=f"reply is from unit {response.dev_id}, expected {request.unit}")
 

@@ -19,7 +19,7 @@ FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 @dataclass(frozen=True, slots=True)
 class PointSpan:
-    """Where one point sits: `count` registers (or bits) from `address`."""
+    """Position of one point: `count` registers (or bits) from `address`."""
 
     name: str
     unit: int
@@ -97,16 +97,13 @@ def plan_requests(
 
 def _crosses_cut(cuts: set[Cut], unit: int, table: str, start: int, end: int) -> bool:
     return any(
-        cut_unit == unit and cut_table == table and start < address < end
-        for cut_unit, cut_table, address in cuts
+        cut_unit == unit and cut_table == table and start < address < end for cut_unit, cut_table, address in cuts
     )
 
 
 def _request(group: list[PointSpan], start: int, end: int) -> ReadRequest:
     first = group[0]
-    return ReadRequest(
-        unit=first.unit, table=first.table, address=start, count=end - start, points=tuple(group)
-    )
+    return ReadRequest(unit=first.unit, table=first.table, address=start, count=end - start, points=tuple(group))
 
 
 def minimum_requests(spans: Iterable[PointSpan], *, max_registers: int, max_bits: int) -> int:

@@ -7,7 +7,7 @@ Fault handling, per request:
   a value.
 - Codes 1 to 3 (illegal function, address, value) on a request that covers several points
   are narrowed: the request is split in two halves, each read again in the same poll, until
-  the point that causes them stands alone. The split is remembered as a cut, so later polls
+  the point that causes them is alone. The split is remembered as a cut, so later polls
   do not send the failing request again. A single point that still gets codes 1 to 3 is
   reported once (one bad record and one warning naming it), then left out of polls and
   retried every `illegal_address_retry_s`.
@@ -46,7 +46,7 @@ class PollCounters:
 
 @dataclass
 class PollState:
-    """What the poller learns across polls: cuts and points left out for illegal addresses."""
+    """Cuts and points left out for illegal addresses, learned across polls."""
 
     cuts: set[Cut] = field(default_factory=set)
     # point name -> monotonic time of the next retry
@@ -102,14 +102,10 @@ class Poller:
 
         for request in self.plan(due):
             if request.unit in silent_units:
-                outcome = ReadOutcome(
-                    error=f"skipped: unit {request.unit} did not respond earlier in this poll"
-                )
+                outcome = ReadOutcome(error=f"skipped: unit {request.unit} did not respond earlier in this poll")
                 records += self._records(request, outcome, scheduled, now)
                 continue
-            records += await self._read_narrowing(
-                connection, request, scheduled, now, monotonic, silent_units
-            )
+            records += await self._read_narrowing(connection, request, scheduled, now, monotonic, silent_units)
         return records
 
     async def _read_narrowing(
@@ -134,12 +130,8 @@ class Poller:
         if permanent and len(request.points) > 1:
             first_half, second_half = _split(request)
             self.state.cuts.add((request.unit, request.table, second_half.address))
-            records = await self._read_narrowing(
-                connection, first_half, scheduled, now, monotonic, silent_units
-            )
-            records += await self._read_narrowing(
-                connection, second_half, scheduled, now, monotonic, silent_units
-            )
+            records = await self._read_narrowing(connection, first_half, scheduled, now, monotonic, silent_units)
+            records += await self._read_narrowing(connection, second_half, scheduled, now, monotonic, silent_units)
             return records
 
         if permanent:
@@ -171,15 +163,11 @@ class Poller:
         )
         return self._records(request, outcome, scheduled, now)
 
-    def _records(
-        self, request: ReadRequest, outcome: ReadOutcome, scheduled: datetime, now: datetime
-    ) -> list[Record]:
+    def _records(self, request: ReadRequest, outcome: ReadOutcome, scheduled: datetime, now: datetime) -> list[Record]:
         slot = format_time(scheduled)
         return [self._record(request, span, outcome, slot, now) for span in request.points]
 
-    def _record(
-        self, request: ReadRequest, span: PointSpan, outcome: ReadOutcome, slot: str, now: datetime
-    ) -> Record:
+    def _record(self, request: ReadRequest, span: PointSpan, outcome: ReadOutcome, slot: str, now: datetime) -> Record:
         point = self.points[span.name]
         payload: dict[str, object] = {
             "value": None,
@@ -204,9 +192,7 @@ class Poller:
                 quality = Quality.GOOD
         elif outcome.exception_code is not None:
             payload["exception_code"] = outcome.exception_code
-            payload["error"] = (
-                f"Modbus exception {outcome.exception_code} ({exception_name(outcome.exception_code)})"
-            )
+            payload["error"] = f"Modbus exception {outcome.exception_code} ({exception_name(outcome.exception_code)})"
         else:
             payload["error"] = outcome.error
 

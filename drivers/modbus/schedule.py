@@ -28,7 +28,7 @@ class SlotClock:
         return cls(interval_s, monotonic, (now - EPOCH).total_seconds())
 
     def first_slot(self) -> int:
-        """The first slot due at or after the anchor."""
+        """Return the first slot due at or after the anchor."""
         return math.ceil(self.anchor_wall_s / self.interval_s)
 
     def due(self, slot: int) -> float:
@@ -36,7 +36,7 @@ class SlotClock:
         return self.anchor_monotonic + slot * self.interval_s - self.anchor_wall_s
 
     def wall_time(self, slot: int) -> datetime:
-        """The scheduled wall time of `slot`, which names the poll in record ids."""
+        """Return the scheduled wall time of `slot`, which names the poll in record ids."""
         return EPOCH + timedelta(microseconds=round(slot * self.interval_s * 1_000_000))
 
     def next_slot(self, slot: int, monotonic: float) -> tuple[int, int]:
@@ -49,9 +49,7 @@ class SlotClock:
         following = slot + 1
         if monotonic <= self.due(following):
             return following, 0
-        first_future = (
-            math.floor((monotonic - self.anchor_monotonic + self.anchor_wall_s) / self.interval_s) + 1
-        )
+        first_future = math.floor((monotonic - self.anchor_monotonic + self.anchor_wall_s) / self.interval_s) + 1
         return first_future, first_future - following
 
 
@@ -78,7 +76,7 @@ def should_store(
     Without a deadband every poll is stored. With one, a value is stored when it is the
     first, when its quality changed, when it moved by more than `deadband` from the last
     stored value (any change for booleans and strings), or when `heartbeat_s` passed since
-    the last stored record, so a silent point still shows that the device answers.
+    the last stored record, so a silent point still shows that the device replies.
     """
     if deadband is None or last is None or quality != last.quality:
         return True

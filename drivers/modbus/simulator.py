@@ -33,7 +33,7 @@ _HOLDING_FUNCTIONS = frozenset({3, 6, 16, 22, 23})
 
 
 def values_at(step: int) -> dict[str, float | int]:
-    """The simulated readings at one step, in engineering units."""
+    """Return the simulated readings at one step, in engineering units."""
     return {
         "temperature": round(21.5 + 1.5 * math.sin(step / 10), 1),
         "flow": 12.5 + 2.0 * math.cos(step / 7),

@@ -98,9 +98,7 @@ class ModbusSource(Source):
         while True:
             await self.clock.sleep(slots.due(slot) - self.clock.monotonic())
             now = self.clock.now()
-            records = await self.poller.poll(
-                connection, points, slots.wall_time(slot), now, self.clock.monotonic()
-            )
+            records = await self.poller.poll(connection, points, slots.wall_time(slot), now, self.clock.monotonic())
             self._polls += 1
             await self._store(sink, self._filter(records))
 
@@ -143,9 +141,7 @@ class ModbusSource(Source):
             # memory, and the next poll brings fresh values anyway.
             self._records_not_stored += len(records)
             if not self._store_failing:
-                log.warning(
-                    "source %r: cannot store polled values: %s; counting them as not stored", self.name, error
-                )
+                log.warning("source %r: cannot store polled values: %s; counting them as not stored", self.name, error)
             self._store_failing = True
             return
         if self._store_failing:
@@ -179,7 +175,7 @@ class ModbusSource(Source):
 
 
 def group_by_interval(config: ModbusSourceConfig) -> dict[float, list[ModbusPoint]]:
-    """Poll groups: the points that share one poll interval (milliseconds)."""
+    """Group the points by poll interval (milliseconds); each group is polled on its own schedule."""
     groups: dict[float, list[ModbusPoint]] = {}
     for point in config.points:
         groups.setdefault(config.interval_of(point), []).append(point)
