@@ -118,6 +118,10 @@ class ModbusConnection:
         if not connected:
             self.close()
             raise SourceUnavailable(f"cannot connect to {self.describe()}")
+        # pymodbus closes the connection after a few requests in a row without a reply. A dead
+        # unit behind a working gateway causes exactly that, so the source decides instead
+        # (see ModbusSource._check_connection_alive).
+        self.client.set_max_no_responses(2**31)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -61,6 +61,7 @@ class Poller:
         self.points = {point.name: point for point in config.points}
         # Plans by (point names, cuts). Only cuts and illegal points change the key, and each
         # point adds at most one of each, so the cache stays small.
+        self.replies_in_last_poll = 0
         self._plans: dict[tuple[tuple[str, ...], frozenset[Cut]], list[ReadRequest]] = {}
 
     def span_of(self, point: ModbusPoint) -> PointSpan:
@@ -99,6 +100,7 @@ class Poller:
         due = [point for point in points if self.state.illegal.get(point.name, 0.0) <= monotonic]
         silent_units: set[int] = set()
         records: list[Record] = []
+        self.replies_in_last_poll = 0
 
         for request in self.plan(due):
             if request.unit in silent_units:
@@ -119,6 +121,8 @@ class Poller:
     ) -> list[Record]:
         self.counters.requests += 1
         outcome = await connection.read(request)
+        if outcome.error is None:
+            self.replies_in_last_poll += 1
 
         if outcome.exception_code is not None:
             self.counters.exception_responses += 1

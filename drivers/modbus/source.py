@@ -24,6 +24,8 @@ from outbox.records import Record
 
 log = logging.getLogger(__name__)
 
+SILENT_POLLS_BEFORE_RECONNECT = 3
+
 
 class ModbusSource(Source):
     type = "modbus"
@@ -42,6 +44,7 @@ class ModbusSource(Source):
         self._polls = 0
         self._records_not_stored = 0
         self._store_failing = False
+        self._silent_polls = 0
         self._update_details()
 
     async def run(self, sink: RecordSink) -> None:
@@ -101,6 +104,7 @@ class ModbusSource(Source):
             records = await self.poller.poll(connection, points, slots.wall_time(slot), now, self.clock.monotonic())
             self._polls += 1
             await self._store(sink, self._filter(records))
+            self._check_connection_alive(connection)
 
             slot, missed = slots.next_slot(slot, self.clock.monotonic())
             if missed:
@@ -115,6 +119,21 @@ class ModbusSource(Source):
                 self._overruns += 1
                 self._skipped_polls += missed
             self._update_details()
+
+    def _check_connection_alive(self, connection: ModbusConnection) -> None:
+        """Raise `SourceUnavailable` after `SILENT_POLLS_BEFORE_RECONNECT` polls in a row
+        without any reply, because a connection that carries no replies at all is likely
+        half-open (the device restarted without closing it). A reply from any unit, even an
+        exception response, resets the count, so one dead unit never forces a reconnect."""
+        if self.poller.replies_in_last_poll:
+            self._silent_polls = 0
+            return
+        self._silent_polls += 1
+        if self._silent_polls >= SILENT_POLLS_BEFORE_RECONNECT:
+            self._silent_polls = 0
+            raise SourceUnavailable(
+                f"no reply from {connection.describe()} in {SILENT_POLLS_BEFORE_RECONNECT} polls in a row"
+            )
 
     def _filter(self, records: list[Record]) -> list[Record]:
         """Apply each point's deadband and heartbeat (report by exception)."""

@@ -17,9 +17,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 Hook = Callable[[int, int, int], Awaitable[int | None]]
 
 
-def device(
-    unit: int, holding: list[int], inputs: list[int] | None = None, hook: Hook | None = None
-) -> SimDevice:
+def device(unit: int, holding: list[int], inputs: list[int] | None = None, hook: Hook | None = None) -> SimDevice:
     """A device whose holding and input registers start at address 0 with the given values."""
 
     async def action(function_code: int, start: int, address: int, count: int, registers: Any, values: Any):
@@ -50,9 +48,7 @@ async def modbus_server(
     ignore_missing: bool = False,
 ) -> AsyncIterator[int]:
     """Serve `devices` on 127.0.0.1 and yield the port."""
-    server = ModbusTcpServer(
-        devices, address=("127.0.0.1", port), framer=framer, ignore_missing_devices=ignore_missing
-    )
+    server = ModbusTcpServer(devices, address=("127.0.0.1", port), framer=framer, ignore_missing_devices=ignore_missing)
     await server.serve_forever(background=True)
     try:
         yield server.transport.sockets[0].getsockname()[1]

@@ -78,9 +78,7 @@ def test_config_keeps_original_key_names(tmp_path: Path) -> None:
 )
 def test_config_accepts_reference_notation(tmp_path: Path, reference: str, table: str, address: int) -> None:
     datatype = "bool" if table in ("coil", "discrete") else "uint16"
-    settings = load(
-        tmp_path, f'[[sources.points]]\nname = "p"\naddress = "{reference}"\ndatatype = "{datatype}"\n'
-    )
+    settings = load(tmp_path, f'[[sources.points]]\nname = "p"\naddress = "{reference}"\ndatatype = "{datatype}"\n')
     point = settings.sources[0].points[0]
     assert (point.table, point.address) == (table, address)
 

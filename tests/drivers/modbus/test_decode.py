@@ -47,9 +47,7 @@ def wire_registers(big_endian: bytes, byte_order: str, word_order: str) -> list[
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize(("datatype", "value", "big_endian"), KNOWN_VALUES)
-def test_decode_every_datatype_in_every_order(
-    order: str, datatype: str, value: float, big_endian: bytes
-) -> None:
+def test_decode_every_datatype_in_every_order(order: str, datatype: str, value: float, big_endian: bytes) -> None:
     byte_order, word_order = ORDERS[order]
     registers = wire_registers(big_endian, byte_order, word_order)
 

@@ -91,9 +91,7 @@ async def test_silent_unit_does_not_stop_other_units() -> None:
         async with running(source, sink):
             await wait_until(lambda: len(sink.of("alive")) >= 4, 15, "4 polls of the live unit")
 
-    assert all(
-        record.quality == Quality.GOOD and record.payload["value"] == 100 for record in sink.of("alive")
-    )
+    assert all(record.quality == Quality.GOOD and record.payload["value"] == 100 for record in sink.of("alive"))
     assert sink.of("dead_a")
     for record in sink.of("dead_a"):
         assert record.quality == Quality.BAD
@@ -115,9 +113,7 @@ async def test_late_reply_is_not_taken_for_next_request() -> None:
                 await asyncio.sleep(0.5)  # beyond the client's 0.3 s timeout
         return None
 
-    async with modbus_server(
-        [device(1, HOLDING, inputs=[7, 8], hook=delay_every_second_holding_read)]
-    ) as port:
+    async with modbus_server([device(1, HOLDING, inputs=[7, 8], hook=delay_every_second_holding_read)]) as port:
         points = [{"name": "holding0", "address": 0}, {"name": "input0", "table": "input", "address": 0}]
         source = ModbusSource(make_config(port, points, timeout_s=0.3, poll_interval_ms=200))
         sink = ListSink()
@@ -151,3 +147,26 @@ async def test_hole_in_device_map_is_not_read_across() -> None:
     # First poll: 4..6 rejected, then 4 and 6 alone. Later polls: 4 and 6 alone.
     polls = source.status.details["polls"]
     assert source.status.details["requests"] == 3 + 2 * (polls - 1)
+
+
+async def test_connection_without_replies_is_reopened(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="drivers.modbus")
+    # All requests vanish, as on a half-open connection to a device that restarted.
+    async with modbus_server([device(1, HOLDING)]) as server_port, mbap_proxy(server_port) as (proxy, port):
+        source = ModbusSource(make_config(port, register_points(0), timeout_s=0.2, poll_interval_ms=100))
+        sink = ListSink()
+        async with running(source, sink):
+            await wait_until(lambda: len(sink.records) >= 2, 10, "first polls")
+            proxy.silent_units.add(1)
+            await wait_until(lambda: source.status.connects >= 2, 15, "a reconnect")
+
+            proxy.silent_units.clear()
+            await wait_until(
+                lambda: all(record.quality == Quality.GOOD for record in sink.records[-3:]),
+                15,
+                "3 good polls after the replies return",
+            )
+
+    assert any("no reply from 127.0.0.1" in record.getMessage() for record in caplog.records)
+    assert any("in 3 polls in a row" in record.getMessage() for record in caplog.records)
+    assert any(record.quality == Quality.BAD for record in sink.records)

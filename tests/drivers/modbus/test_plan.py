@@ -9,8 +9,7 @@ from drivers.modbus.plan import PointSpan, minimum_requests, plan_requests
 
 def spans(*items: tuple[int, str, int, int]) -> list[PointSpan]:
     return [
-        PointSpan(f"p{index}", unit, table, address, count)
-        for index, (unit, table, address, count) in enumerate(items)
+        PointSpan(f"p{index}", unit, table, address, count) for index, (unit, table, address, count) in enumerate(items)
     ]
 
 
@@ -65,12 +64,7 @@ def test_plan_requests_for_map(points, max_gap: int, expected) -> None:
 
 def test_plan_puts_every_point_in_exactly_one_request() -> None:
     points = spans(
-        *[
-            (unit, table, address * 3, 2)
-            for unit in (1, 2)
-            for table in ("holding", "input")
-            for address in range(100)
-        ]
+        *[(unit, table, address * 3, 2) for unit in (1, 2) for table in ("holding", "input") for address in range(100)]
     )
 
     requests = plan_requests(points, max_gap=4, **LIMITS)

@@ -104,9 +104,7 @@ async def test_rtu_corrupted_reply_rejected_then_recovers() -> None:
 
 async def test_rtu_late_reply_not_taken_for_next_request() -> None:
     async with SerialLine() as line, serial_server(line.server_path, two_units()):
-        source = ModbusSource(
-            rtu_config(line.client_path, points=POINTS[:2], late_reply_wait_ms=LATE_REPLY_WAIT_MS)
-        )
+        source = ModbusSource(rtu_config(line.client_path, points=POINTS[:2], late_reply_wait_ms=LATE_REPLY_WAIT_MS))
         sink = ListSink()
         async with running(source, sink):
             await wait_until(lambda: len(sink.of("u1_r5")) >= 2, 15, "first polls")

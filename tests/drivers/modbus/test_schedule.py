@@ -35,9 +35,7 @@ def test_same_slot_after_restart_has_same_wall_time() -> None:
         (3.5, 4, 3),  # overran three slots: skip all, no pile-up
     ],
 )
-def test_next_slot_skips_overrun_slots(
-    finished_after_due: float, expected_next: int, expected_missed: int
-) -> None:
+def test_next_slot_skips_overrun_slots(finished_after_due: float, expected_next: int, expected_missed: int) -> None:
     slots = SlotClock(interval_s=1.0, anchor_monotonic=0.0, anchor_wall_s=0.0)
     assert slots.next_slot(0, slots.due(0) + finished_after_due) == (expected_next, expected_missed)
 

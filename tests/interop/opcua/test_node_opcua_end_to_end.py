@@ -58,5 +58,7 @@ async def test_node_opcua_values_reach_receiver_once(node_project: Path, tmp_pat
 
     assert sorted(event.id for event in events) == sorted(agent.ledger)
     assert {event.subject for event in events} == {"Line2.Temperature", "Line2.Counter"}
-    counters = [event.data["value"] for event in sorted(events, key=lambda e: e.arrival) if event.subject == "Line2.Counter"]
+    counters = [
+        event.data["value"] for event in sorted(events, key=lambda e: e.arrival) if event.subject == "Line2.Counter"
+    ]
     assert counters == sorted(counters), "counter values arrived out of order"
