@@ -42,6 +42,18 @@ class PollCounters:
     requests: int = 0
     exception_responses: int = 0
     no_responses: int = 0
+    last_fault: str | None = None
+
+
+@dataclass
+class _PollRun:
+    """One poll in progress."""
+
+    slot: str
+    now: datetime
+    monotonic: float
+    silent_units: set[int] = field(default_factory=set)
+    replies: int = 0
 
 
 @dataclass
@@ -61,7 +73,6 @@ class Poller:
         self.points = {point.name: point for point in config.points}
         # Plans by (point names, cuts). Only cuts and illegal points change the key, and each
         # point adds at most one of each, so the cache stays small.
-        self.replies_in_last_poll = 0
         self._plans: dict[tuple[tuple[str, ...], frozenset[Cut]], list[ReadRequest]] = {}
 
     def span_of(self, point: ModbusPoint) -> PointSpan:
@@ -91,67 +102,61 @@ class Poller:
         scheduled: datetime,
         now: datetime,
         monotonic: float,
-    ) -> list[Record]:
-        """Read `points` once and return one record per point read (good or bad).
+    ) -> tuple[list[Record], int]:
+        """Read `points` once. Return one record per point read (good or bad) and the number
+        of replies received, exception responses included.
 
         Points left out for an illegal address are skipped until their retry is due.
         Raises `SourceUnavailable` if the connection is lost.
         """
         due = [point for point in points if self.state.illegal.get(point.name, 0.0) <= monotonic]
-        silent_units: set[int] = set()
+        run = _PollRun(format_time(scheduled), now, monotonic)
         records: list[Record] = []
-        self.replies_in_last_poll = 0
 
         for request in self.plan(due):
-            if request.unit in silent_units:
+            if request.unit in run.silent_units:
                 outcome = ReadOutcome(error=f"skipped: unit {request.unit} did not respond earlier in this poll")
-                records += self._records(request, outcome, scheduled, now)
+                records += self._records(request, outcome, run)
                 continue
-            records += await self._read_narrowing(connection, request, scheduled, now, monotonic, silent_units)
-        return records
+            records += await self._read_narrowing(connection, request, run)
+        return records, run.replies
 
-    async def _read_narrowing(
-        self,
-        connection: ModbusConnection,
-        request: ReadRequest,
-        scheduled: datetime,
-        now: datetime,
-        monotonic: float,
-        silent_units: set[int],
-    ) -> list[Record]:
+    async def _read_narrowing(self, connection: ModbusConnection, request: ReadRequest, run: _PollRun) -> list[Record]:
         self.counters.requests += 1
         outcome = await connection.read(request)
         if outcome.error is None:
-            self.replies_in_last_poll += 1
+            run.replies += 1
 
         if outcome.exception_code is not None:
+            code = outcome.exception_code
             self.counters.exception_responses += 1
-        elif outcome.error is not None and outcome.error.startswith("no response"):
-            self.counters.no_responses += 1
-            silent_units.add(request.unit)
+            self.counters.last_fault = f"{request.describe()}: Modbus exception {code} ({exception_name(code)})"
+        elif outcome.error is not None:
+            self.counters.last_fault = f"{request.describe()}: {outcome.error}"
+            if outcome.error.startswith("no response"):
+                self.counters.no_responses += 1
+                run.silent_units.add(request.unit)
 
         permanent = outcome.exception_code in PERMANENT_EXCEPTION_CODES
         if permanent and len(request.points) > 1:
             first_half, second_half = _split(request)
             self.state.cuts.add((request.unit, request.table, second_half.address))
-            records = await self._read_narrowing(connection, first_half, scheduled, now, monotonic, silent_units)
-            records += await self._read_narrowing(connection, second_half, scheduled, now, monotonic, silent_units)
+            records = await self._read_narrowing(connection, first_half, run)
+            records += await self._read_narrowing(connection, second_half, run)
             return records
 
         if permanent:
-            return self._mark_illegal(request, outcome, scheduled, now, monotonic)
+            return self._mark_illegal(request, outcome, run)
 
         for span in request.points:
             if self.state.illegal.pop(span.name, None) is not None:
                 log.info("point %r of source %r is readable again", span.name, self.config.name)
-        return self._records(request, outcome, scheduled, now)
+        return self._records(request, outcome, run)
 
-    def _mark_illegal(
-        self, request: ReadRequest, outcome: ReadOutcome, scheduled: datetime, now: datetime, monotonic: float
-    ) -> list[Record]:
+    def _mark_illegal(self, request: ReadRequest, outcome: ReadOutcome, run: _PollRun) -> list[Record]:
         span = request.points[0]
         first_report = span.name not in self.state.illegal
-        self.state.illegal[span.name] = monotonic + self.config.illegal_address_retry_s
+        self.state.illegal[span.name] = run.monotonic + self.config.illegal_address_retry_s
         if not first_report:
             return []
         code = outcome.exception_code or 0
@@ -165,11 +170,10 @@ class Poller:
             exception_name(code),
             self.config.illegal_address_retry_s,
         )
-        return self._records(request, outcome, scheduled, now)
+        return self._records(request, outcome, run)
 
-    def _records(self, request: ReadRequest, outcome: ReadOutcome, scheduled: datetime, now: datetime) -> list[Record]:
-        slot = format_time(scheduled)
-        return [self._record(request, span, outcome, slot, now) for span in request.points]
+    def _records(self, request: ReadRequest, outcome: ReadOutcome, run: _PollRun) -> list[Record]:
+        return [self._record(request, span, outcome, run.slot, run.now) for span in request.points]
 
     def _record(self, request: ReadRequest, span: PointSpan, outcome: ReadOutcome, slot: str, now: datetime) -> Record:
         point = self.points[span.name]

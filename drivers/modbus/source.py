@@ -78,7 +78,8 @@ class ModbusSource(Source):
         """
         async with ModbusConnection(self.config) as connection:
             now = self.clock.now()
-            return await self.poller.poll(connection, self.config.points, now, now, self.clock.monotonic())
+            records, _ = await self.poller.poll(connection, self.config.points, now, now, self.clock.monotonic())
+            return records
 
     async def _poll_groups(self, connection: ModbusConnection, sink: RecordSink) -> None:
         if len(self.groups) == 1:
@@ -101,10 +102,12 @@ class ModbusSource(Source):
         while True:
             await self.clock.sleep(slots.due(slot) - self.clock.monotonic())
             now = self.clock.now()
-            records = await self.poller.poll(connection, points, slots.wall_time(slot), now, self.clock.monotonic())
+            records, replies = await self.poller.poll(
+                connection, points, slots.wall_time(slot), now, self.clock.monotonic()
+            )
             self._polls += 1
             await self._store(sink, self._filter(records))
-            self._check_connection_alive(connection)
+            self._check_connection_alive(connection, replies)
 
             slot, missed = slots.next_slot(slot, self.clock.monotonic())
             if missed:
@@ -120,12 +123,12 @@ class ModbusSource(Source):
                 self._skipped_polls += missed
             self._update_details()
 
-    def _check_connection_alive(self, connection: ModbusConnection) -> None:
+    def _check_connection_alive(self, connection: ModbusConnection, replies: int) -> None:
         """Raise `SourceUnavailable` after `SILENT_POLLS_BEFORE_RECONNECT` polls in a row
         without any reply, because a connection that carries no replies at all is likely
         half-open (the device restarted without closing it). A reply from any unit, even an
         exception response, resets the count, so one dead unit never forces a reconnect."""
-        if self.poller.replies_in_last_poll:
+        if replies:
             self._silent_polls = 0
             return
         self._silent_polls += 1
@@ -188,6 +191,7 @@ class ModbusSource(Source):
             "requests": self.counters.requests,
             "exception_responses": self.counters.exception_responses,
             "no_responses": self.counters.no_responses,
+            "last_fault": self.counters.last_fault,
             "illegal_points": sorted(self.poll_state.illegal),
             "records_not_stored": self._records_not_stored,
         }

@@ -67,6 +67,9 @@ async def test_transient_exception_is_bad_quality_every_poll() -> None:
         assert record.payload["value"] is None
         assert record.payload["exception_code"] == 11
     assert source.status.details["illegal_points"] == []
+    assert source.status.details["last_fault"] == (
+        "unit 1 holding 0..1: Modbus exception 11 (gateway target device failed to respond)"
+    )
     # Both points stay in one request: a transient exception is not narrowed.
     assert source.status.details["requests"] == source.status.details["polls"]
 
