@@ -24,12 +24,34 @@ from drivers.modbus.plan import ReadRequest
 
 log = logging.getLogger(__name__)
 
-# pymodbus logs each timeout and each failed connect at WARNING or ERROR. This driver reports
-# those itself, counted and once per state change, so pymodbus's own lines are limited to
-# CRITICAL unless a logging configuration set a level for the "pymodbus" logger first.
-_pymodbus_log = logging.getLogger("pymodbus")
-if _pymodbus_log.level == logging.NOTSET:
-    _pymodbus_log.setLevel(logging.CRITICAL)
+
+class RepeatedFaultFilter(logging.Filter):
+    """Log filter for pymodbus's lines about faults that this driver counts and reports itself.
+
+    pymodbus 3.16 logs each timeout at ERROR (with a dump of the last frames), each failed
+    connect, each unrequested or unmatched reply at WARNING or ERROR, and "Repeating...." in
+    between. One dead unit would write a line per poll. The source reports these faults
+    once per state change and counts them in its status instead. Other pymodbus lines pass.
+    """
+
+    PREFIXES = (
+        "No response received",
+        "ERROR: No response received",
+        "Failed to connect",
+        "Not connected, trying to connect",
+        "Cancel send, because not connected",
+        "ERROR: received pdu without a corresponding request",
+        "ERROR: request ask for",
+        "Repeating....",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+_pymodbus_log = logging.getLogger("pymodbus.logging")
+if not any(isinstance(existing, RepeatedFaultFilter) for existing in _pymodbus_log.filters):
+    _pymodbus_log.addFilter(RepeatedFaultFilter())
 
 # Exception codes of Modbus Application Protocol 1.1b3, section 7.
 EXCEPTION_NAMES = {
