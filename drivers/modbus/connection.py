@@ -172,6 +172,8 @@ class ModbusConnection:
 
         try:
             # The extra second covers pymodbus's own timeout, which is the one that fires.
+            # NOTE: pymodbus does not fail an outstanding request when the connection drops,
+            # so a connection lost mid-request is noticed only at this timeout.
             async with asyncio.timeout(self.config.timeout_s + 1.0):
                 response = await self._send(client, request)
                 raise_if_cancelling()
@@ -211,6 +213,9 @@ class ModbusConnection:
         request would pass for its reply. Waiting here lets it arrive now, when pymodbus
         discards it as unrequested. The wait ends once bytes came and the line was then quiet
         for the inter-frame delay (at least 20 ms), or after `late_reply_wait_ms`.
+
+        NOTE: a reply later than that can still pass for the next request's reply when the
+        unit, function code and length match.
         """
         if not self._serial_line:
             return
