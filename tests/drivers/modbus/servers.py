@@ -12,7 +12,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-# Called as hook(function_code, address, count) before a read is answered; it may sleep
+# Called as hook(function_code, address, count) before the server replies to a read. It may sleep
 # (a slow device) or return an exception code to send instead of the data.
 Hook = Callable[[int, int, int], Awaitable[int | None]]
 
