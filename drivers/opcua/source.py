@@ -133,6 +133,10 @@ class OpcUaSource(Source):
                 group.create_task(self._watch(session, subscriptions))
         except* ConnectionLost as errors:
             session.keep_session = True
+            if session.lost.is_set():
+                # asyncua ends the subscriptions with BadShutdown after it noticed the loss;
+                # the loss itself is the cause worth reporting.
+                raise ConnectionLost(f"{self.config.endpoint}: connection lost ({session.lost_reason})") from None
             raise errors.exceptions[0] from None
         except* SourceUnavailable as errors:
             raise errors.exceptions[0] from None
