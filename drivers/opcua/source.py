@@ -88,6 +88,8 @@ class OpcUaSource(Source):
         """Read every configured node once and return the records (nothing is stored)."""
         async with self._open_session() as session:
             assert session.client is not None
+            if self.config.load_data_types:
+                await self._load_data_types(session.client)
             resolved, failed = await resolve_all(session.client, all_nodes(self.config))
             for error in failed:
                 log.warning("source %s: %s", self.name, error)
@@ -114,6 +116,8 @@ class OpcUaSource(Source):
         assert client is not None
         try:
             await self._drop_previous_subscriptions(session)
+            if self.config.load_data_types:
+                await self._load_data_types(client)
             resolved, failed = await resolve_all(client, all_nodes(self.config))
             self._report_unresolved(failed)
             self._mark_connected()
@@ -144,6 +148,18 @@ class OpcUaSource(Source):
             session.keep_session = True
             error = errors.exceptions[0]
             raise ConnectionLost(f"{self.config.endpoint}: {error!r}") from error
+
+    async def _load_data_types(self, client: Client) -> None:
+        """Teach asyncua the server's own structures; without them their values stay
+        undecoded ExtensionObjects, which are still stored, with their type id."""
+        try:
+            await client.load_data_type_definitions()
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as error:
+            # asyncua builds Python classes from the server's definitions; a definition it
+            # cannot handle must not stop the values from flowing.
+            log.warning("source %s: reading the server's data types failed: %r", self.name, error)
 
     async def _drop_previous_subscriptions(self, session: OpcUaSession) -> None:
         """Delete the subscriptions of the previous connection if its session was reactivated,
