@@ -191,3 +191,28 @@ async def test_custom_structure_decoded_with_types_loaded():
     # undecoded form.
     assert record.payload["value"] == {"Batch": "B-17", "Count": 250}
     assert record.payload["datatype"] == "ExtensionObject"
+
+
+async def test_items_chunked_by_server_operation_limit(outbox):
+    async with OpcUaSimulator(update_interval_s=0) as server:
+        limit = server.server.get_node(
+            ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+        )
+        await limit.write_value(ua.Variant(3, ua.VariantType.UInt32))
+        # Count the CreateMonitoredItems requests the server receives.
+        service = server.server.iserver.subscription_service
+        original = service.create_monitored_items
+        sizes = []
+
+        async def counting(params):
+            sizes.append(len(params.ItemsToCreate))
+            return await original(params)
+
+        service.create_monitored_items = counting
+        nodes = [{"node_id": f"ns=2;s=Line1.{name}"} for name in ("Temperature", "Pressure", "Speed", "Running")]
+        nodes += [{"browse_path": f"2:Line1/2:{name}"} for name in ("Temperature", "Pressure", "Speed")]
+        source = OpcUaSource(source_config(server.endpoint, nodes=nodes))
+        async with running(source, outbox):
+            await wait_for(lambda: _subject_count(outbox, 7))
+
+    assert sizes == [3, 3, 1]
