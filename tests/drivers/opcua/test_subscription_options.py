@@ -187,7 +187,7 @@ async def test_custom_structure_decoded_with_types_loaded():
         (record,) = await OpcUaSource(config).sample()
 
     # NOTE: client and server share asyncua's type registry in this process, so the case
-    # without loaded types cannot be shown here; test_builtin_types_become_json covers the
+    # without loaded types cannot be shown here. test_builtin_types_become_json covers the
     # undecoded form.
     assert record.payload["value"] == {"Batch": "B-17", "Count": 250}
     assert record.payload["datatype"] == "ExtensionObject"

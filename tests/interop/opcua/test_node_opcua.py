@@ -1,4 +1,4 @@
-"""The OPC UA source against node-opcua, a server implementation nobody here wrote."""
+"""The OPC UA source against node-opcua, an OPC UA server written outside this project."""
 
 from __future__ import annotations
 
