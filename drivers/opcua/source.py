@@ -33,7 +33,7 @@ from drivers.opcua.subscription import (
     subscribe_events,
     subscribe_group,
 )
-from drivers.opcua.values import datachange_record, event_record
+from drivers.opcua.values import CODE_MASK, datachange_record, event_record, status_name
 from outbox.backoff import Backoff
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.errors import OutboxFull, OutboxUnavailable
@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 # enough that a burst of changes costs few commits.
 APPEND_GROUP = 500
 STORE_RETRY_S = 1.0
+# Read results meaning that the node itself is wrong, not its value.
+MISSING_NODE_CODES = {
+    ua.StatusCodes.BadNodeIdUnknown,
+    ua.StatusCodes.BadNodeIdInvalid,
+    ua.StatusCodes.BadAttributeIdInvalid,
+    ua.StatusCodes.BadNotReadable,
+}
 
 
 class ConnectionLost(Exception):
@@ -250,9 +257,14 @@ class OpcUaSource(Source):
         interval_s = self.config.poll_interval_ms / 1000
         limit = await self._read_limit(client)
         node_ids = [node.node_id for node in resolved]
+        first = True
         while True:
             started = self.clock.monotonic()
             values = await read_values(client, node_ids, limit)
+            if first:
+                resolved, values = self._drop_missing(resolved, values)
+                node_ids = [node.node_id for node in resolved]
+                first = False
             now = self.clock.now()
             records = [
                 datachange_record(self.name, node.config.subject, node.config.address, value, now)
@@ -262,6 +274,24 @@ class OpcUaSource(Source):
                 # An unchanged value keeps its timestamps, hence its id: the outbox skips it.
                 await self._store(sink, records)
             await self.clock.sleep(interval_s - (self.clock.monotonic() - started))
+
+    def _drop_missing(
+        self, resolved: list[ResolvedNode], values: list[ua.DataValue]
+    ) -> tuple[list[ResolvedNode], list[ua.DataValue]]:
+        """Report the nodes the server does not have and stop polling them, as a subscription
+        does not monitor them. Such a read result carries no timestamps, so every poll would
+        otherwise store it again as a new record."""
+        kept_nodes, kept_values, missing = [], [], []
+        for node, value in zip(resolved, values, strict=True):
+            code = value.StatusCode.value if value.StatusCode is not None else 0
+            if code & CODE_MASK in MISSING_NODE_CODES:
+                missing.append(AddressError(node.config.address, f"read failed: {status_name(code)}"))
+            else:
+                kept_nodes.append(node)
+                kept_values.append(value)
+        if missing:
+            self._report_unresolved(missing, append=True)
+        return kept_nodes, kept_values
 
     async def _watch(self, session: OpcUaSession, subscriptions: Sequence[ActiveSubscription]) -> None:
         """Raise `ConnectionLost` when the session probe fails or a subscription misses its

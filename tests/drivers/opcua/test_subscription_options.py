@@ -216,3 +216,14 @@ async def test_items_chunked_by_server_operation_limit(outbox):
             await wait_for(lambda: _subject_count(outbox, 7))
 
     assert sizes == [3, 3, 1]
+
+
+async def test_polling_reports_missing_node_once(simulator, outbox):
+    nodes = [{"node_id": "ns=2;s=Line1.Speed", "name": "speed"}, {"node_id": "ns=2;s=Line1.Nope", "name": "nope"}]
+    source = OpcUaSource(source_config(simulator.endpoint, nodes=nodes, mode="polling", poll_interval_ms=100))
+    async with running(source, outbox):
+        await wait_for(lambda: _subject_count(outbox, 1))
+        await asyncio.sleep(0.5)
+
+    assert {record.subject for record in await stored_records(outbox)} == {"speed"}
+    assert source.status.details["unresolved"] == ["ns=2;s=Line1.Nope"]
