@@ -13,7 +13,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,12 @@ class OpcUaSource(Source):
                         await self._serve(session, sink)
                 except (SourceUnavailable, ConnectionLost, SecurityRejected) as error:
                     self._mark_disconnected(str(error))
+                except Exception as error:
+                    # A fault outside the session's tasks (a PKI file that cannot be written,
+                    # for example) is retried like an unreachable server, never ends the source.
+                    if self.status.state != SourceState.DISCONNECTED:
+                        log.exception("source %s: connecting failed unexpectedly", self.name)
+                    self._mark_disconnected(f"unexpected error: {error!r}")
                 await self.clock.sleep(self.backoff.next_delay())
         finally:
             self._set_state(SourceState.STOPPED)
@@ -142,19 +148,38 @@ class OpcUaSource(Source):
                     for active in subscriptions:
                         group.create_task(self._consume(active, sink))
                 group.create_task(self._watch(session, subscriptions))
-        except* ConnectionLost as errors:
+        except BaseExceptionGroup as errors:
+            # Several tasks may fail at once; one error stands for the session's end.
             session.keep_session = True
-            if session.lost.is_set():
-                # asyncua ends the subscriptions with BadShutdown after it noticed the loss;
-                # the loss itself is the cause worth reporting.
-                raise ConnectionLost(f"{self.config.endpoint}: connection lost ({session.lost_reason})") from None
-            raise errors.exceptions[0] from None
-        except* SourceUnavailable as errors:
-            raise errors.exceptions[0] from None
-        except* CONNECTION_ERRORS as errors:
+            raise self._session_end(session, errors) from errors
+        except (ConnectionLost, *CONNECTION_ERRORS) as error:
             session.keep_session = True
-            error = errors.exceptions[0]
+            if isinstance(error, ConnectionLost):
+                raise
             raise ConnectionLost(f"{self.config.endpoint}: {error!r}") from error
+
+    def _session_end(self, session: OpcUaSession, errors: BaseExceptionGroup) -> Exception:
+        """Choose the error that ends a session from those its tasks raised.
+
+        A lost connection comes first: asyncua then also ends the subscriptions with
+        BadShutdown, which is a consequence. An unexpected error is logged with its traceback
+        and ends the session too, so a fault in one notification never ends the source.
+        """
+        if session.lost.is_set():
+            return ConnectionLost(f"{self.config.endpoint}: connection lost ({session.lost_reason})")
+        leaves = list(_leaves(errors))
+        for kind in (ConnectionLost, SourceUnavailable):
+            for error in leaves:
+                if isinstance(error, kind):
+                    return error
+        for error in leaves:
+            if isinstance(error, CONNECTION_ERRORS):
+                return ConnectionLost(f"{self.config.endpoint}: {error!r}")
+        error = leaves[0]
+        if isinstance(error, Exception):
+            log.error("source %s: unexpected error, starting a new session", self.name, exc_info=error)
+            return ConnectionLost(f"{self.config.endpoint}: unexpected error {error!r}")
+        raise errors
 
     async def _load_data_types(self, client: Client) -> None:
         """Teach asyncua the server's own structures; without them their values stay
@@ -393,3 +418,11 @@ class OpcUaSource(Source):
         if self.status.state != SourceState.DISCONNECTED:
             log.warning("source %s: disconnected: %s; reconnecting with backoff", self.name, reason)
         self._set_state(SourceState.DISCONNECTED, reason)
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
