@@ -123,6 +123,8 @@ async def test_dropped_connection_leaves_one_session_on_server(simulator, outbox
     # The session of each lost connection was reactivated, its subscription replaced.
     assert sessions == 1
     assert subscriptions == 1
+    # Stopping the source closes its session.
+    await wait_for(lambda: len(service._external_sessions) == 0, limit_s=5)
 
 
 class FailingOnceSink:
