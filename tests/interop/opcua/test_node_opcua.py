@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,30 @@ async def test_secure_session_after_operator_trusts_certificate(node_project, tm
 
     assert pki.certificate.exists()
     assert source.status.state == SourceState.STOPPED
+
+
+async def test_percent_deadband_filters_small_changes(node_project, tmp_path):
+    level = "nsu=urn:plantgate:interop;s=Line2.Level"
+    nodes = [
+        {"node_id": level, "name": "every change"},
+        # Another form of the same address, so the records get their own ids.
+        {"browse_path": "Line2/Level", "namespace": "urn:plantgate:interop", "name": "5 %"},
+    ]
+    nodes[1].update({"deadband_type": "percent", "deadband_value": 5.0})
+    async with node_opcua_server(node_project, tmp_path / "server-pki", secure=False) as endpoint:
+        source = OpcUaSource(source_config(endpoint, nodes=nodes))
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox, running(source, outbox):
+            await wait_for(lambda: _count(outbox, "every change", 25), limit_s=30)
+            records = await stored_records(outbox)
+
+    every = [r.payload["value"] for r in records if r.subject == "every change"]
+    filtered = [r.payload["value"] for r in records if r.subject == "5 %"]
+    assert len(filtered) >= 2
+    assert len(filtered) * 5 < len(every)
+    # Each reported value differs from the one before by more than 5 % of the 0-100 range.
+    steps = [abs(after - before) for before, after in itertools.pairwise(filtered)]
+    assert all(step > 5.0 for step in steps), steps
+
+
+async def _count(outbox, subject, count):
+    return len([r for r in await stored_records(outbox) if r.subject == subject]) >= count
