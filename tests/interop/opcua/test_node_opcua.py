@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import itertools
 import shutil
+import signal
 import subprocess
 import sys
+from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,12 +43,17 @@ def node_project() -> Path:
 
 
 @contextlib.asynccontextmanager
-async def node_opcua_server(project: Path, pki_dir: Path, *, secure: bool) -> AsyncIterator[str]:
+async def node_opcua_server(
+    project: Path, pki_dir: Path, *, secure: bool, processes: list[Process] | None = None
+) -> AsyncIterator[str]:
+    """Run the node-opcua server and yield its endpoint; `processes` receives its process."""
     port = free_port()
     arguments = ["node", "server.js", str(port), str(pki_dir)] + (["--secure"] if secure else [])
     process = await asyncio.create_subprocess_exec(
         *arguments, cwd=project, stdout=asyncio.subprocess.PIPE, stderr=sys.stderr
     )
+    if processes is not None:
+        processes.append(process)
     try:
         assert process.stdout is not None
         async with asyncio.timeout(60):
@@ -132,3 +139,25 @@ async def test_percent_deadband_filters_small_changes(node_project, tmp_path):
 
 async def _count(outbox, subject, count):
     return len([r for r in await stored_records(outbox) if r.subject == subject]) >= count
+
+
+async def test_stopped_server_detected_and_session_rebuilt(node_project, tmp_path):
+    processes: list[Process] = []
+    async with node_opcua_server(node_project, tmp_path / "server-pki", secure=False, processes=processes) as endpoint:
+        config = source_config(endpoint, nodes=NODES, keepalive_count=3, missed_keepalives=3, timeout_s=1.0)
+        source = OpcUaSource(config)
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox, running(source, outbox):
+            await wait_for(lambda: _counter_changes(outbox, 2), limit_s=30)
+            # SIGSTOP: the kernel keeps the TCP connection open, but the server sends no response.
+            processes[0].send_signal(signal.SIGSTOP)
+            await wait_for(lambda: source.status.state == SourceState.DISCONNECTED, limit_s=15)
+            before = len(await stored_records(outbox))
+            processes[0].send_signal(signal.SIGCONT)
+            await wait_for(lambda: source.status.state == SourceState.CONNECTED, limit_s=30)
+            await wait_for(lambda: _more_than(outbox, before + 2), limit_s=15)
+
+    assert source.status.connects >= 2
+
+
+async def _more_than(outbox, count):
+    return len(await stored_records(outbox)) > count
