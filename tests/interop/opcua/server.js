@@ -3,9 +3,10 @@
 // Usage: node server.js PORT PKI_DIR [--secure]
 // Listens on 127.0.0.1:PORT with the namespace "urn:plantgate:interop" and, under the object
 // Line2, three variables that change every 200 ms and the analog item Level (EURange 0-100)
-// that moves 0.5 per step. With --secure, only the endpoints Basic256Sha256 Sign and
-// SignAndEncrypt are offered, and client certificates are accepted without review (this is a
-// test server). Prints "READY <port>" once listening.
+// that moves 0.5 per step. The Server object raises an event every second. With --secure,
+// only the endpoints Basic256Sha256 Sign and SignAndEncrypt are offered, and client
+// certificates are accepted without review (this is a test server). Prints "READY <port>"
+// once listening.
 "use strict";
 
 const path = require("path");
@@ -71,6 +72,16 @@ async function main() {
         state.counter += 1;
         state.temperature = 20.0 + 5.0 * Math.sin(state.counter / 5);
     }, 200);
+
+    // An event from the Server object every second, for event subscriptions.
+    const serverObject = server.engine.addressSpace.rootFolder.objects.server;
+    setInterval(() => {
+        serverObject.raiseEvent("BaseEventType", {
+            message: { dataType: DataType.LocalizedText, value: { text: `batch ${state.counter} done` } },
+            severity: { dataType: DataType.UInt16, value: 300 },
+            sourceName: { dataType: DataType.String, value: "Line2" },
+        });
+    }, 1000);
 
     await server.start();
     process.stdout.write(`READY ${server.endpoints[0].port}\n`);

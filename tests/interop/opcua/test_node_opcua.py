@@ -18,7 +18,7 @@ import pytest
 from drivers.base import SourceState
 from drivers.opcua.security import PkiPaths
 from drivers.opcua.source import OpcUaSource
-from outbox.records import Quality
+from outbox.records import Lane, Quality
 from outbox.store import Outbox
 from tests.conftest import free_port
 from tests.drivers.opcua.conftest import running, source_config, stored_records, wait_for
@@ -161,3 +161,22 @@ async def test_stopped_server_detected_and_session_rebuilt(node_project, tmp_pat
 
 async def _more_than(outbox, count):
     return len(await stored_records(outbox)) > count
+
+
+async def test_node_opcua_events_in_event_lane(node_project, tmp_path):
+    events = [{"name": "line2-events", "fields": ["EventId", "Time", "Message", "Severity", "SourceName"]}]
+    async with node_opcua_server(node_project, tmp_path / "server-pki", secure=False) as endpoint:
+        source = OpcUaSource(source_config(endpoint, nodes=[], events=events))
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox, running(source, outbox):
+            await wait_for(lambda: _more_than(outbox, 1), limit_s=30)
+            records = await stored_records(outbox)
+
+    record = records[0]
+    assert record.lane == Lane.EVENT
+    assert record.subject == "line2-events"
+    assert record.payload["SourceName"] == "Line2"
+    assert record.payload["Severity"] == 300
+    assert record.payload["Message"]["text"].startswith("batch ")
+    assert record.payload["EventId"]
+    assert record.source_time is not None
+    assert len({record.id for record in records}) == len(records)
