@@ -10,6 +10,7 @@ Environment variables override the file: `PLANTGATE_CENTRAL__URL` sets `central.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,17 +18,16 @@ from typing import Annotated, Any, Literal
 from pydantic import ByteSize, Field, HttpUrl, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from agent.config_errors import ConfigError, format_validation_error
+from agent.config_errors import ConfigError, check_environment, format_validation_error
 from drivers.config_base import ConfigPath, StrictModel, config_dir
 from drivers.mes.config import MesSourceConfig
 from drivers.modbus.config import ModbusSourceConfig
 from drivers.opcua.config import OpcUaSourceConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/plantgate/plantgate.toml")
+ENV_PREFIX = "PLANTGATE_"
 
-SourceConfig = Annotated[
-    OpcUaSourceConfig | ModbusSourceConfig | MesSourceConfig, Field(discriminator="type")
-]
+SourceConfig = Annotated[OpcUaSourceConfig | ModbusSourceConfig | MesSourceConfig, Field(discriminator="type")]
 
 
 class AgentSection(StrictModel):
@@ -79,9 +79,7 @@ class LoggingSection(StrictModel):
 class UpdateSection(StrictModel):
     """Signed updates (`plantgate update`). Every key is optional, so a file without the section is valid."""
 
-    public_keys: list[str] = Field(
-        default=[], description="base64 Ed25519 public keys that may sign releases"
-    )
+    public_keys: list[str] = Field(default=[], description="base64 Ed25519 public keys that may sign releases")
     install_dir: ConfigPath = Path("/opt/plantgate")
     ready_timeout_s: float = Field(default=90.0, gt=0)
     restart_command: list[str] = Field(default=["systemctl", "restart", "plantgate.service"], min_length=1)
@@ -102,7 +100,7 @@ class UpdateSection(StrictModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="PLANTGATE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -131,9 +129,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _unique_source_names(self) -> Settings:
         seen: set[str] = set()
-        for source in self.sources:
+        for index, source in enumerate(self.sources):
             if source.name in seen:
-                raise ValueError(f"source name {source.name!r} is used twice; names must be unique")
+                raise ValueError(f"sources[{index}].name: {source.name!r} is used twice; names must be unique")
             seen.add(source.name)
         return self
 
@@ -144,7 +142,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        raise ConfigError(path, [f"file not found: {path} (pass the path with --config)"]) from None
+        raise ConfigError(path, [f"file not found: {path}; give the path of the configuration file"]) from None
     except PermissionError:
         raise ConfigError(path, [f"permission denied reading {path}"]) from None
     except IsADirectoryError:
@@ -166,10 +164,19 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
     if overrides:
         data = {**data, **overrides}
 
+    environment = check_environment(Settings, os.environ, ENV_PREFIX)
+    environment_problems = [message for _, message in environment]
+    # A variable that names no setting can also make its whole section invalid; say it once.
+    explained = {f"{key}:" for key, _ in environment}
     token = config_dir.set(path.resolve().parent)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as error:
-        raise ConfigError(path, format_validation_error(error, Settings)) from None
+        problems = format_validation_error(error, Settings, os.environ, ENV_PREFIX)
+        problems = [line for line in problems if line.split(" ", 1)[0] not in explained]
+        raise ConfigError(path, environment_problems + problems) from None
     finally:
         config_dir.reset(token)
+    if environment_problems:
+        raise ConfigError(path, environment_problems)
+    return settings

@@ -7,7 +7,9 @@ Each line names the dotted key path, the bad value and what is allowed, for exam
 from __future__ import annotations
 
 import difflib
+import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,12 @@ def _describe(error: Any, parent: type[BaseModel] | None, key: str) -> str:
         listing = f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
         return f"unknown key{hint}{listing}"
     if kind == "missing":
+        field = parent.model_fields.get(key) if parent else None
+        if field is not None and _model_classes(field.annotation):
+            return f"required section [{key}] is missing"
         return "required key is missing"
+    if kind == "url_parsing":
+        return f"{value!r} is not a valid URL; write it in full, such as 'https://host:port/path'"
     if kind in ("literal_error", "enum"):
         expected = str(context.get("expected", "")).replace("'", "").replace(" or ", ", ")
         return f"{value!r} is not one of {expected}"
@@ -97,11 +104,24 @@ def _describe(error: Any, parent: type[BaseModel] | None, key: str) -> str:
     message = str(error["msg"])
     if isinstance(value, dict | list):
         return message
-    return f"{value!r}: {message[:1].lower()}{message[1:]}"
+    if message[:2].istitle():
+        message = message[:1].lower() + message[1:]
+    return f"{value!r}: {message}"
 
 
-def format_validation_error(error: ValidationError, root: type[BaseModel]) -> list[str]:
-    """One line per problem: `dotted.path[index].key: what is wrong with which value`."""
+# A model validator that checks several items names the offending key at the start of its
+# message ("sources[1].name: ..."); such a message is reported at that key.
+_KEYED_MESSAGE = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
+def format_validation_error(
+    error: ValidationError, root: type[BaseModel], environ: Mapping[str, str] | None = None, prefix: str = ""
+) -> list[str]:
+    """One line per problem: `dotted.path[index].key: what is wrong with which value`.
+
+    With `environ` and the settings' `prefix`, a problem whose value came from an environment
+    variable names that variable, so nobody searches the file for it.
+    """
     lines: list[str] = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
@@ -109,5 +129,56 @@ def format_validation_error(error: ValidationError, root: type[BaseModel]) -> li
         _, parent = _walk(root, loc[:-1]) if loc else ([], root)
         key = str(loc[-1]) if loc else ""
         path = "".join(parts) or "(top level)"
-        lines.append(f"{path}: {_describe(item, parent, key)}")
+        message = _describe(item, parent, key)
+        keyed = _KEYED_MESSAGE.match(message)
+        if keyed and path == "(top level)":
+            path, message = keyed.groups()
+        variable = _environment_variable(loc, environ, prefix)
+        if variable:
+            message += f" (from environment variable {variable})"
+        lines.append(f"{path}: {message}")
     return lines
+
+
+def _environment_variable(loc: tuple[Any, ...], environ: Mapping[str, str] | None, prefix: str) -> str | None:
+    if not environ or not loc or not all(isinstance(part, str) for part in loc):
+        return None
+    name = (prefix + "__".join(str(part) for part in loc)).upper()
+    return next((key for key in environ if key.upper() == name), None)
+
+
+def check_environment(root: type[BaseModel], environ: Mapping[str, str], prefix: str) -> list[tuple[str, str]]:
+    """Problems with `prefix`-ed environment variables that name no setting, as (top-level key, message).
+
+    pydantic-settings ignores such variables, so a typo in a variable name would otherwise be
+    silently ignored, exactly what unknown keys in the file are rejected for.
+    """
+    problems: list[tuple[str, str]] = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith(prefix.upper()):
+            continue
+        parts = variable[len(prefix) :].lower().split("__")
+        model: type[BaseModel] | None = root
+        for depth, part in enumerate(parts):
+            if model is None:
+                break
+            fields = model.model_fields
+            if part not in fields:
+                close = difflib.get_close_matches(part, list(fields), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(fields)})"
+                where = ".".join(parts[:depth]) or "top level"
+                problems.append((parts[0], f"environment variable {variable}: {part!r} is not a key of {where}{hint}"))
+                break
+            annotation = fields[part].annotation
+            if typing.get_origin(annotation) is list and _model_classes(annotation):
+                problems.append(
+                    (
+                        parts[0],
+                        f"environment variable {variable}: {part} is a list of tables; set it in the file, "
+                        f"since environment variables can only override single keys",
+                    )
+                )
+                break
+            classes = _model_classes(annotation)
+            model = classes[0] if len(classes) == 1 else None
+    return problems

@@ -27,6 +27,7 @@ from drivers.registry import build_source
 from outbox.backoff import Backoff
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.errors import OutboxError
+from outbox.lock import OutboxLock
 from outbox.records import Record, format_time, parse_time
 from outbox.store import Outbox
 
@@ -34,23 +35,27 @@ log = logging.getLogger(__name__)
 
 
 class _Sink:
-    """What sources write to: the outbox, plus a wake-up for the forwarder after each commit."""
+    """What sources write to: the outbox, plus a wake-up for the forwarder after each commit.
+
+    Counting uses the outbox's commit report rather than `append`'s return, so a record whose
+    producer was cancelled while its commit completed is still counted (and in the ledger).
+    """
 
     def __init__(self, outbox: Outbox, on_stored: Callable[[], None], ledger: list[str] | None) -> None:
         self._outbox = outbox
         self._on_stored = on_stored
         self._ledger = ledger
         self.stored = 0
+        outbox.on_commit = self._committed
+
+    def _committed(self, records: list[Record]) -> None:
+        self.stored += len(records)
+        if self._ledger is not None:
+            self._ledger.extend(record.id for record in records)
+        self._on_stored()
 
     async def append(self, records: Sequence[Record]) -> list[bool]:
-        results = await self._outbox.append(records)
-        stored = sum(results)
-        if stored:
-            self.stored += stored
-            if self._ledger is not None:
-                self._ledger.extend(record.id for record, is_new in zip(records, results, strict=True) if is_new)
-            self._on_stored()
-        return results
+        return await self._outbox.append(records)
 
     async def lookup(self, record_id: str) -> str | None:
         return await self._outbox.lookup(record_id)
@@ -94,11 +99,18 @@ class Agent:
             delivered_retention=timedelta(days=settings.outbox.delivered_retention_days),
             clock=self.clock,
         )
+        with OutboxLock(settings.outbox.path):
+            await self._run_with_outbox(outbox, stop)
+        log.info("plantgate stopped")
+
+    async def _run_with_outbox(self, outbox: Outbox, stop: asyncio.Event) -> None:
+        settings = self.settings
         async with outbox:
             self.outbox = outbox
             incident = getattr(outbox, "startup_incident", None)
-            if incident:
-                self.incidents.append(incident if isinstance(incident, dict) else {"message": str(incident)})
+            if incident is not None:
+                as_dict = getattr(incident, "as_dict", None)
+                self.incidents.append(as_dict() if callable(as_dict) else {"message": str(incident)})
             self.forwarder = Forwarder(
                 outbox,
                 settings.central,
@@ -110,7 +122,6 @@ class Agent:
             self.health = HealthServer(self, settings.health)
             async with self.health:
                 await self._run_tasks(stop)
-        log.info("plantgate stopped")
 
     async def _run_tasks(self, stop: asyncio.Event) -> None:
         assert self.forwarder is not None and self.sink is not None
@@ -198,10 +209,28 @@ class Agent:
             },
             "sources": [source.status.snapshot() for source in self.sources],
             "outbox": outbox,
-            "forwarder": self.forwarder.status.snapshot() if self.forwarder else {},
+            "forwarder": self._forwarder_status(),
             "incidents": self.incidents,
             "update": update_report(InstallLayout(self.settings.update.install_dir)),
         }
+
+    def _forwarder_status(self) -> dict[str, Any]:
+        """The forwarder's snapshot, with its monotonic clock readings turned into seconds from now,
+        since a raw monotonic reading means nothing to an operator."""
+        if self.forwarder is None:
+            return {}
+        now = self.clock.monotonic()
+        status: dict[str, Any] = {}
+        for key, value in self.forwarder.status.snapshot().items():
+            if not key.endswith("_monotonic"):
+                status[key] = value
+            elif value is None:
+                status[key.removesuffix("_monotonic") + "_in_s"] = None
+            elif value > now:
+                status[key.removesuffix("_monotonic") + "_in_s"] = round(value - now, 3)
+            else:
+                status[key.removesuffix("_monotonic") + "_ago_s"] = round(now - value, 3)
+        return status
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self.stopping and self.outbox is not None and self.outbox.writer_alive
@@ -235,6 +264,10 @@ async def run_agent(settings: Settings, *, configure: Callable[[Agent], None] | 
         await agent.run(stop)
     except OutboxError as error:
         log.error("plantgate could not open or use the outbox: %s", error)
+        return 1
+    except OSError as error:
+        # Startup problems such as a health port in use carry their own advice; no traceback needed.
+        log.error("plantgate stopped: %s", error)
         return 1
     except Exception as error:
         log.exception("plantgate stopped on an error: %s", error)

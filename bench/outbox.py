@@ -12,8 +12,8 @@ ratio, so results from different machines compare by ratio rather than by absolu
   but without HTTP, in a child process whose peak resident memory is reported.
 
 Run: `python bench/outbox.py` (add `--help` for sizes). The files go to a temporary folder
-under `--dir` (default: the current directory), which should be on the disk the agent would use,
-not a tmpfs, where a sync costs nothing.
+under `--dir` (default: the system temporary folder), which should be on the disk the agent would
+use, not a tmpfs, where a sync costs nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ import asyncio
 import json
 import platform
 import resource
+import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -179,6 +181,30 @@ async def drain(path: Path, batch_records: int) -> dict[str, float]:
     return {"records": drained, "records_per_s": drained / elapsed, "seconds": elapsed, "peak_rss_mib": peak_kib / 1024}
 
 
+async def drain_http(path: Path, url: str, batch_records: int) -> dict[str, float]:
+    """Deliver the whole backlog to the receiver at `url` with the agent's Forwarder, and time it."""
+    from agent.config import CentralSection
+    from agent.forwarder import Forwarder
+
+    central = CentralSection(url=url, batch_max_records=batch_records, idle_poll_s=0.05)
+    async with Outbox(path, max_bytes=1 << 40) as outbox:
+        total = outbox.depth()
+        forwarder = Forwarder(outbox, central, site="bench", gateway_id="gw-1")
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(forwarder.run())
+            while outbox.depth() > 0:
+                await asyncio.sleep(0.05)
+            task.cancel()
+        elapsed = time.perf_counter() - started
+    return {
+        "records": total,
+        "records_per_s": total / elapsed,
+        "seconds": elapsed,
+        "peak_rss_mib": peak_rss_kib() / 1024,
+    }
+
+
 def peak_rss_kib() -> int:
     """Peak resident memory of this process. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
     from the parent across fork and exec, so a child would report the bench's own peak."""
@@ -188,17 +214,44 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run_drain(folder: Path, count: int, batch_records: int) -> dict[str, float]:
-    path = folder / "drain.sqlite"
+def run_drain(folder: Path, count: int, batch_records: int, http: bool) -> dict[str, float]:
+    """Fill a backlog of `count` records, then drain it in a child process, whose peak memory is
+    then the drain's alone: to the stand-in receiver over HTTP with `http`, else read and
+    acknowledge only."""
+    path = folder / f"drain-{count}.sqlite"
     print(f"drain: filling {count} records", file=sys.stderr)
     asyncio.run(fill(path, count))
-    # A fresh process, so its peak memory is the drain's alone.
-    child = subprocess.run(
-        [sys.executable, __file__, "--drain-worker", str(path), "--drain-batch", str(batch_records)],
-        capture_output=True,
+    if not http:
+        return _drain_child(["--drain-worker", str(path), "--drain-batch", str(batch_records)])
+
+    repo = Path(__file__).resolve().parent.parent
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "agent", "receiver", "--port", "0", "--db", str(folder / f"central-{count}.sqlite")],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        check=True,
     )
+    try:
+        assert receiver.stdout is not None
+        line = receiver.stdout.readline()
+        url = next(word for word in line.split() if word.startswith("http://"))
+        print(f"drain: forwarding to {url}", file=sys.stderr)
+        result = _drain_child(["--drain-worker", str(path), "--drain-batch", str(batch_records), "--url", url])
+        with urllib.request.urlopen(url.rsplit("/v1/", 1)[0] + "/v1/stats", timeout=30) as reply:
+            stored = json.load(reply)
+        result["receiver_unique_events"] = stored["unique_events"]
+        result["receiver_duplicates"] = stored["duplicates"]
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=30)
+    return result
+
+
+def _drain_child(arguments: list[str]) -> dict[str, float]:
+    child = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        raise SystemExit(f"drain worker failed: {child.stderr[-2000:]}")
     return json.loads(child.stdout)
 
 
@@ -207,47 +260,70 @@ def run_drain(folder: Path, count: int, batch_records: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=100_000, help="records for the batched appends")
+    parser.add_argument(
+        "--records", type=int, default=100_000, help="records for the batched appends (0 skips the appends)"
+    )
     parser.add_argument("--batch", type=int, default=100, help="records per append call and per transaction")
     parser.add_argument("--single", type=int, default=2_000, help="records for the one-per-call comparison")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the append measurements (median)")
     parser.add_argument("--drain", type=int, default=200_000, help="backlog size for the drain (0 to skip)")
     parser.add_argument("--drain-batch", type=int, default=500, help="records per forwarded batch")
-    parser.add_argument("--dir", type=Path, default=Path.cwd(), help="folder for the temporary files")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="folder for the temporary files (default: the system temporary folder)"
+    )
+    parser.add_argument(
+        "--drain-http",
+        type=int,
+        default=200_000,
+        help="backlog size for the drain to the stand-in receiver over HTTP (0 to skip)",
+    )
     parser.add_argument("--drain-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.drain_worker:
-        print(json.dumps(asyncio.run(drain(args.drain_worker, args.drain_batch))))
+        if args.url:
+            print(json.dumps(asyncio.run(drain_http(args.drain_worker, args.url, args.drain_batch))))
+        else:
+            print(json.dumps(asyncio.run(drain(args.drain_worker, args.drain_batch))))
         return
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-outbox-") as scratch:
         folder = Path(scratch)
-        appends = run_appends(folder, args.records, args.batch, args.single, args.rounds)
-        drained = run_drain(folder, args.drain, args.drain_batch) if args.drain else None
+        appends = run_appends(folder, args.records, args.batch, args.single, args.rounds) if args.records else None
+        drained = run_drain(folder, args.drain, args.drain_batch, http=False) if args.drain else None
+        forwarded = run_drain(folder, args.drain_http, args.drain_batch, http=True) if args.drain_http else None
 
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}, "
-        f"sqlite {sqlite3.sqlite_version}, folder on {args.dir}"
+        f"sqlite {sqlite3.sqlite_version}, folder on {args.dir or tempfile.gettempdir()}"
     )
-    print(f"appends, median of {args.rounds} rounds")
-    print(f"appends in batches of {args.batch} ({args.records} records), records/s:")
-    print(f"  outbox, 1 producer      {appends['outbox_batch']:>10.0f}")
-    print(f"  outbox, 8 producers     {appends['outbox_batch_8_producers']:>10.0f}")
-    print(f"  sqlite3 executemany     {appends['sqlite_batch']:>10.0f}")
-    print(f"  ratio outbox/sqlite3    {appends['outbox_batch'] / appends['sqlite_batch']:>10.2f}")
-    print(f"appends one record per call ({args.single} records), records/s:")
-    print(f"  outbox, 1 producer      {appends['outbox_single']:>10.0f}")
-    print(f"  outbox, 8 producers     {appends['outbox_single_8_producers']:>10.0f}")
-    print(f"  sqlite3, 1 per commit   {appends['sqlite_single']:>10.0f}")
-    print(f"  persist-queue AckQueue  {appends['persist_queue_single']:>10.0f}")
-    print(
-        f"  ratio outbox/persist-queue (1 producer)   {appends['outbox_single'] / appends['persist_queue_single']:.2f}"
-    )
-    print(
-        f"  ratio outbox/persist-queue (8 producers)  "
-        f"{appends['outbox_single_8_producers'] / appends['persist_queue_single']:.2f}"
-    )
+    if appends:
+        print(f"appends, median of {args.rounds} rounds")
+        print(f"appends in batches of {args.batch} ({args.records} records), records/s:")
+        print(f"  outbox, 1 producer      {appends['outbox_batch']:>10.0f}")
+        print(f"  outbox, 8 producers     {appends['outbox_batch_8_producers']:>10.0f}")
+        print(f"  sqlite3 executemany     {appends['sqlite_batch']:>10.0f}")
+        print(f"  ratio outbox/sqlite3    {appends['outbox_batch'] / appends['sqlite_batch']:>10.2f}")
+        print(f"appends one record per call ({args.single} records), records/s:")
+        print(f"  outbox, 1 producer      {appends['outbox_single']:>10.0f}")
+        print(f"  outbox, 8 producers     {appends['outbox_single_8_producers']:>10.0f}")
+        print(f"  sqlite3, 1 per commit   {appends['sqlite_single']:>10.0f}")
+        print(f"  persist-queue AckQueue  {appends['persist_queue_single']:>10.0f}")
+        print(
+            f"  ratio outbox/persist-queue (1 producer)   {appends['outbox_single'] / appends['persist_queue_single']:.2f}"
+        )
+        print(
+            f"  ratio outbox/persist-queue (8 producers)  "
+            f"{appends['outbox_single_8_producers'] / appends['persist_queue_single']:.2f}"
+        )
+    if forwarded:
+        print(
+            f"drain of {forwarded['records']:.0f} records to the stand-in receiver over HTTP, batches of "
+            f"{args.drain_batch}: {forwarded['records_per_s']:.0f} records/s, "
+            f"peak RSS of the outbox + forwarder process {forwarded['peak_rss_mib']:.0f} MiB; "
+            f"receiver holds {forwarded['receiver_unique_events']} unique events"
+        )
     if drained:
         print(
             f"drain of {drained['records']:.0f} records in batches of {args.drain_batch} (no HTTP): "

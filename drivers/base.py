@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from outbox.records import Record
+from outbox.records import Record, format_time
 
 
 class SourceState(StrEnum):
@@ -55,8 +55,8 @@ class SourceStatus:
             "name": self.name,
             "type": self.type,
             "state": self.state.value,
-            "state_since": self.state_since.isoformat() if self.state_since else None,
-            "last_value_at": self.last_value_at.isoformat() if self.last_value_at else None,
+            "state_since": format_time(self.state_since) if self.state_since else None,
+            "last_value_at": format_time(self.last_value_at) if self.last_value_at else None,
             "last_error": self.last_error,
             "records_captured": self.records_captured,
             "connects": self.connects,

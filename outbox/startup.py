@@ -56,7 +56,9 @@ def prepare_file(path: Path, *, check: bool = True) -> None:
     Raises sqlite3.DatabaseError when the file is damaged, SchemaTooNew when a newer release wrote it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
+    if not path.exists():
+        _create(path)
+        return
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode = WAL")
@@ -71,8 +73,29 @@ def prepare_file(path: Path, *, check: bool = True) -> None:
                 raise error
     finally:
         connection.close()
-    if not existed:
-        sync_directory(path.parent)
+
+
+def _create(path: Path) -> None:
+    """Create a new outbox under a temporary name and rename it into place once its schema is
+    complete, so a file at `path` always has the outbox tables."""
+    partial = path.with_name(path.name + ".new")
+    for leftover in (partial, *(partial.with_name(partial.name + suffix) for suffix in SIDE_FILES)):
+        leftover.unlink(missing_ok=True)
+    connection = sqlite3.connect(partial, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        migrate(connection, str(path))
+    finally:
+        # Closing the last connection checkpoints the WAL into the file and deletes it.
+        connection.close()
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(partial, path)
+    sync_directory(path.parent)
 
 
 def is_damaged(error: BaseException) -> bool:

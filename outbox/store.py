@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 # One group commit takes at most this many queued operations, so one commit stays short.
 MAX_OPS_PER_COMMIT = 1024
-# SQLite allows 32,766 host parameters per statement since 3.32; stay well below.
+# SQLite allows 32,766 host parameters per statement since 3.32; stay well below, even in the
+# duplicate check, which binds each chunk three times (one per table).
 IN_CHUNK = 500
 WRITE_QUEUE_SIZE = 4096
 PRUNE_INTERVAL_S = 3600.0
@@ -65,6 +66,8 @@ class _Op:
 @dataclass
 class _Append(_Op):
     records: Sequence[Record]
+    # Set by the writer thread: the records this op inserted, once its transaction ran.
+    inserted: list[Record] = field(default_factory=list)
 
 
 @dataclass
@@ -130,6 +133,8 @@ class Outbox:
         self.condition: Failure | None = None
         self.startup_incident: StartupIncident | None = None
         self.commits = 0
+        # Called on the event loop after each commit with the records it stored, in store order.
+        self.on_commit: Callable[[list[Record]], None] | None = None
         self.failed_commits = 0
         self.busy_retries = 0
         self.checkpoints = 0
@@ -465,7 +470,20 @@ class Outbox:
             self._counters.merge(pending)
             self._unsaved = Counters()
             self._commit_succeeded()
+            self._report_inserted(ops)
             return results
+
+    def _report_inserted(self, ops: list[_Op]) -> None:
+        """Tell `on_commit` which records the commit stored, even when their producer was cancelled
+        while it waited: the records are on disk all the same."""
+        if self.on_commit is None:
+            return
+        inserted = [record for op in ops if isinstance(op, _Append) for record in op.inserted]
+        if inserted:
+            try:
+                self.on_commit(inserted)
+            except Exception:
+                log.exception("outbox on_commit callback failed")
 
     def _commit_succeeded(self) -> None:
         self.commits += 1
@@ -581,6 +599,7 @@ class Outbox:
         shed_ids = plan.shed_incoming_ids
         keep = [record for record in fresh if record.id not in shed_ids]
         db.executemany(INSERT_RECORD, [row_for(record) for record in keep])
+        op.inserted = keep
         for record in keep:
             tally = pending.lanes[record.lane]
             tally.count += 1
@@ -799,9 +818,11 @@ def _existing_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
     held: set[str] = set()
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
-        for table in ("records", "delivered", "dead_letters"):
-            rows = db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk).fetchall()
-            held.update(row[0] for row in rows)
+        sql = " UNION ALL ".join(
+            f"SELECT id FROM {table} WHERE id IN ({marks})" for table in ("records", "delivered", "dead_letters")
+        )
+        rows = db.execute(sql, [*chunk, *chunk, *chunk]).fetchall()
+        held.update(row[0] for row in rows)
     return held
 
 

@@ -61,9 +61,14 @@ points = [
 
 
 def outbox_ids(path: Path) -> set[str]:
+    """Ids in the outbox file; empty while the agent has not created its tables yet."""
     connection = sqlite3.connect(path)
     try:
         return {row[0] for row in connection.execute("SELECT id FROM records")}
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return set()
+        raise
     finally:
         connection.close()
 

@@ -44,7 +44,7 @@ class Seen:
 
 
 def is_candidate(name: str, temporary_suffixes: Iterable[str]) -> bool:
-    """Whether a file name may be read: not hidden and without a temporary suffix."""
+    """Return True if a file may be read: its name is not hidden and has no temporary suffix."""
     lowered = name.lower()
     if name.startswith("."):
         return False
@@ -116,7 +116,7 @@ class DropCounters:
     files_rejected: int = 0
     transactions_created: int = 0
     transactions_duplicate: int = 0
-    outbox_refusals: int = 0
+    outbox_rejections: int = 0
 
 
 @dataclass
@@ -160,14 +160,14 @@ class DropFolder:
             outcome = await self.process(self.folder / name)
             outcomes.append((name, outcome))
             if outcome is FileOutcome.RETRY:
-                # The outbox refused; the files after this one would be refused too.
+                # The outbox rejected this file, and it would reject the files after it too.
                 break
             self._seen.pop(name, None)
         return outcomes
 
     async def process(self, path: Path) -> FileOutcome:
         """Store all transactions of one file durably, then move it to processed/; or move it to
-        error/ with a report. Returns RETRY, leaving the file, when the outbox refused."""
+        error/ with a report. Returns RETRY, leaving the file, when the outbox rejected the append."""
         try:
             data = await asyncio.to_thread(_read_bounded, path, int(self.config.max_file_bytes))
         except FileNotFoundError:
@@ -187,10 +187,10 @@ class DropFolder:
         try:
             stored_now = await self.sink.append(records)
         except (OutboxFull, OutboxUnavailable) as error:
-            self.counters.outbox_refusals += 1
+            self.counters.outbox_rejections += 1
             if self.last_error is None:
                 log.warning(
-                    "drop folder file waits because the outbox refused it: %s",
+                    "drop folder file waits because the outbox rejected it: %s",
                     error,
                     extra={"file": str(path)},
                 )

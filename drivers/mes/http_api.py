@@ -118,6 +118,8 @@ class TransactionApi:
         self.clock = clock
         self.counters = ApiCounters()
         self.last_error: str | None = None
+        # Called after every request, so the source's status shows the counters at once.
+        self.on_request: Callable[[], None] | None = None
 
     def build_app(self) -> web.Application:
         # aiohttp's own limit backs up the Content-Length check for chunked bodies.
@@ -147,6 +149,9 @@ class TransactionApi:
                 "and GET /v1/transactions/{transaction_id}",
                 headers={key: value for key, value in error.headers.items() if key == "Allow"},
             )
+        finally:
+            if self.on_request is not None:
+                self.on_request()
 
     def _authorized(self, request: web.Request) -> web.Response | None:
         """Return a 401 response unless the request carries the bearer token."""
@@ -175,9 +180,9 @@ class TransactionApi:
 
     async def post_transactions(self, request: web.Request) -> web.Response:
         self.counters.requests += 1
-        refused = self._authorized(request)
-        if refused is not None:
-            return refused
+        unauthorized = self._authorized(request)
+        if unauthorized is not None:
+            return unauthorized
         if not is_json_content_type(request):
             self.counters.rejected += 1
             return problem_response(
@@ -245,9 +250,9 @@ class TransactionApi:
         )
 
     async def get_transaction(self, request: web.Request) -> web.Response:
-        refused = self._authorized(request)
-        if refused is not None:
-            return refused
+        unauthorized = self._authorized(request)
+        if unauthorized is not None:
+            return unauthorized
         transaction_id = request.match_info["transaction_id"]
         record_id = transaction_record_id(self.source_name, transaction_id)
         try:

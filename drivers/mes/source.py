@@ -23,7 +23,7 @@ from outbox.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
-# On stop, requests already waiting for their commit get this long to finish and be answered.
+# On stop, requests already waiting for their commit get this long to finish and get a response.
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -99,6 +99,7 @@ class MesSource(Source):
             retry_after_s=config.retry_after_s,
             clock=self.clock,
         )
+        self.api.on_request = self._publish_counters
         runner = web.AppRunner(
             self.api.build_app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
@@ -119,9 +120,7 @@ class MesSource(Source):
                 )
             backoff.reset()
             self._listening.set()
-            while True:
-                await self.clock.sleep(1.0)
-                self._publish_counters()
+            await asyncio.Event().wait()
         finally:
             self._listening.clear()
             await runner.cleanup()
@@ -163,7 +162,7 @@ class MesSource(Source):
             details["drop_files_rejected"] = drop_counters.files_rejected
             details["drop_transactions_created"] = drop_counters.transactions_created
             details["drop_transactions_duplicate"] = drop_counters.transactions_duplicate
-            details["drop_outbox_refusals"] = drop_counters.outbox_refusals
+            details["drop_outbox_rejections"] = drop_counters.outbox_rejections
             captured += drop_counters.transactions_created
         if captured > self.status.records_captured:
             self.status.last_value_at = self.clock.now()

@@ -121,7 +121,7 @@ def test_unknown_source_type_names_allowed_types(tmp_path: Path) -> None:
 def test_missing_required_section_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace('[central]\nurl = "http://127.0.0.1:9/v1/events"\n', ""))
 
-    assert problems_of(path) == ["central: required key is missing"]
+    assert problems_of(path) == ["central: required section [central] is missing"]
 
 
 def test_duplicate_source_names_are_rejected(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_duplicate_source_names_are_rejected(tmp_path: Path) -> None:
 
     (problem,) = problems_of(path)
 
-    assert "source name 'press' is used twice" in problem
+    assert problem == "sources[1].name: 'press' is used twice; names must be unique"
 
 
 def test_invalid_toml_names_line(tmp_path: Path) -> None:
@@ -166,3 +166,48 @@ def test_relative_outbox_path_is_taken_from_config_folder(tmp_path: Path) -> Non
 @pytest.mark.parametrize("name", ["plantgate.example.toml", "demo.toml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     load_config(REPO_ROOT / "config" / name)
+
+
+def test_url_without_scheme_says_how_to_write_it(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace('url = "http://127.0.0.1:9/v1/events"', 'url = "erp.example.com/v1"'))
+
+    (problem,) = problems_of(path)
+
+    assert problem == "central.url: 'erp.example.com/v1' is not a valid URL; write it in full, such as 'https://host:port/path'"
+
+
+def test_environment_typo_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANTGATE_CENTRL__URL", "http://127.0.0.1:8/other")
+
+    (problem,) = problems_of(write(tmp_path, VALID))
+
+    assert problem == "environment variable PLANTGATE_CENTRL__URL: 'centrl' is not a key of top level; did you mean 'central'?"
+
+
+def test_environment_value_error_names_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANTGATE_CENTRAL__TIMEOUT_S", "abc")
+
+    (problem,) = problems_of(write(tmp_path, VALID))
+
+    assert problem.startswith("central.timeout_s: 'abc'")
+    assert problem.endswith("(from environment variable PLANTGATE_CENTRAL__TIMEOUT_S)")
+
+
+def test_environment_cannot_set_source_list_items(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANTGATE_SOURCES__0__PORT", "1")
+
+    (problem,) = problems_of(write(tmp_path, VALID))
+
+    assert problem.startswith("environment variable PLANTGATE_SOURCES__0__PORT: sources is a list of tables")
+
+
+def test_check_config_warns_about_missing_files(tmp_path: Path) -> None:
+    text = VALID.replace('url = "http://127.0.0.1:9/v1/events"', 'url = "http://127.0.0.1:9/v1/events"\ntoken_file = "absent.token"')
+    path = write(tmp_path, text)
+
+    result = subprocess.run(
+        plantgate_command("check-config", "--config", str(path)), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"warning: central.token_file: {tmp_path / 'absent.token'} does not exist" in result.stdout

@@ -249,7 +249,6 @@ async def test_status_reports_bound_port_and_counts(source_factory) -> None:
         await running.post(goods_movement("GM-s1"))
         await running.post(goods_movement("GM-s1"))
         await running.post({"type": "goods_movement"})
-        running.source._publish_counters()
         snapshot = running.source.status.snapshot()
 
     assert snapshot["state"] == "connected"
