@@ -227,3 +227,22 @@ async def test_polling_reports_missing_node_once(simulator, outbox):
 
     assert {record.subject for record in await stored_records(outbox)} == {"speed"}
     assert source.status.details["unresolved"] == ["ns=2;s=Line1.Nope"]
+
+
+async def test_events_filtered_by_event_type(outbox):
+    async with OpcUaSimulator(update_interval_s=0) as server:
+        events = [{"name": "audit", "event_type": "i=2052", "fields": ["EventId", "Message"]}]  # AuditEventType
+        nodes = [{"node_id": "ns=2;s=Line1.Speed", "name": "speed"}]
+        source = OpcUaSource(source_config(server.endpoint, nodes=nodes, events=events))
+        generator = await server.server.get_event_generator()
+        async with running(source, outbox):
+            await wait_for(lambda: _subject_count(outbox, 1))
+            generator.event.Message = ua.LocalizedText("a base event, not an audit event")
+            await generator.trigger()
+            await asyncio.sleep(1.0)
+            await server.write("Speed", 7)
+            await wait_for(lambda: _contains_value(outbox, 7))
+
+    # The base event is filtered out by the server, while values keep flowing.
+    assert [record.lane for record in await stored_records(outbox)] == [Lane.TELEMETRY, Lane.TELEMETRY]
+    assert source.status.details["unresolved"] == []
