@@ -48,9 +48,9 @@ async def test_node_opcua_values_reach_receiver_once(node_project: Path, tmp_pat
         async with running(agent):
             assert agent.outbox is not None
             await wait_until(lambda: receiver.stats().unique_events >= 5, 30, "values reach the receiver")
-            await receiver.go_down(3)
-            await wait_until(lambda: agent.outbox.depth() >= 3, 15, "a backlog builds while the receiver is down")
-            await wait_until(lambda: receiver.is_up, 10, "the receiver comes back")
+            await receiver.go_down()
+            await wait_until(lambda: agent.outbox.depth() >= 3, 30, "a backlog builds while the receiver is down")
+            await receiver.come_up()
             await asyncio.sleep(0.5)
             await agent.stop_sources()
             await wait_until(lambda: agent.outbox.depth() == 0, 30, "the backlog drains")
@@ -58,5 +58,7 @@ async def test_node_opcua_values_reach_receiver_once(node_project: Path, tmp_pat
 
     assert sorted(event.id for event in events) == sorted(agent.ledger)
     assert {event.subject for event in events} == {"Line2.Temperature", "Line2.Counter"}
-    counters = [event.data["value"] for event in sorted(events, key=lambda e: e.arrival) if event.subject == "Line2.Counter"]
+    counters = [
+        event.data["value"] for event in sorted(events, key=lambda e: e.arrival) if event.subject == "Line2.Counter"
+    ]
     assert counters == sorted(counters), "counter values arrived out of order"
