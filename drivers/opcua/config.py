@@ -133,6 +133,10 @@ class OpcUaSourceConfig(SourceConfigBase, MonitoringOptions):
         ge=1,
         description="cap on monitored items or reads per request; server limits also apply",
     )
+    load_data_types: bool = Field(
+        default=False,
+        description="read the server's structure definitions on connect, to decode its own structures",
+    )
     username: str | None = None
     password_file: ConfigPath | None = None
     password: SecretStr | None = Field(default=None, description="prefer password_file")

@@ -98,18 +98,16 @@ class OpcUaSession:
         """Close the session and socket. Safe to call twice.
 
         With `keep_session` set (the connection was lost, so CloseSession cannot reach the
-        server), the session's state file is kept for the next connect to reactivate it.
+        server), only the client's tasks and socket are closed: the session's state file stays
+        for the next connect to reactivate the session.
         """
         client, self.client = self.client, None
         if client is None:
             return
-        kept = None
-        if self.keep_session and self.state_path is not None and self.state_path.exists():
-            kept = self.state_path.read_bytes()
-        await _quiet_disconnect(client, self.config.timeout_s)
-        if kept is not None:
-            assert self.state_path is not None
-            self.state_path.write_bytes(kept)
+        if self.keep_session:
+            await _drop_connection(client, self.config.timeout_s)
+        else:
+            await _quiet_disconnect(client, self.config.timeout_s)
 
     def _set_identity(self, client: Client) -> None:
         config = self.config
@@ -171,6 +169,19 @@ def _der_length(data: bytes) -> int:
         return 2 + first
     count = first & 0x7F
     return 2 + count + int.from_bytes(data[2 : 2 + count], "big")
+
+
+async def _drop_connection(client: Client, timeout_s: float) -> None:
+    # close_session stops asyncua's tasks (keep-alive probe, publish loop, channel renewal)
+    # before it sends CloseSession, which then fails on the dead connection. Unlike
+    # disconnect(), it neither logs that failure as an error nor deletes the state file.
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.close_session()
+    except CONNECTION_ERRORS as error:
+        log.debug("CloseSession on the lost connection to %s failed: %r", client.server_url.geturl(), error)
+    finally:
+        client.disconnect_socket()
 
 
 async def _quiet_disconnect(client: Client, timeout_s: float) -> None:

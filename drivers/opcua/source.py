@@ -13,7 +13,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from drivers.opcua.subscription import (
     subscribe_events,
     subscribe_group,
 )
-from drivers.opcua.values import datachange_record, event_record
+from drivers.opcua.values import CODE_MASK, datachange_record, event_record, status_name
 from outbox.backoff import Backoff
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.errors import OutboxFull, OutboxUnavailable
@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 # enough that a burst of changes costs few commits.
 APPEND_GROUP = 500
 STORE_RETRY_S = 1.0
+# Read results meaning that the node itself is wrong, not its value.
+MISSING_NODE_CODES = {
+    ua.StatusCodes.BadNodeIdUnknown,
+    ua.StatusCodes.BadNodeIdInvalid,
+    ua.StatusCodes.BadAttributeIdInvalid,
+    ua.StatusCodes.BadNotReadable,
+}
 
 
 class ConnectionLost(Exception):
@@ -78,6 +85,12 @@ class OpcUaSource(Source):
                         await self._serve(session, sink)
                 except (SourceUnavailable, ConnectionLost, SecurityRejected) as error:
                     self._mark_disconnected(str(error))
+                except Exception as error:
+                    # A fault outside the session's tasks (a PKI file that cannot be written,
+                    # for example) is retried like an unreachable server, never ends the source.
+                    if self.status.state != SourceState.DISCONNECTED:
+                        log.exception("source %s: connecting failed unexpectedly", self.name)
+                    self._mark_disconnected(f"unexpected error: {error!r}")
                 await self.clock.sleep(self.backoff.next_delay())
         finally:
             self._set_state(SourceState.STOPPED)
@@ -88,6 +101,8 @@ class OpcUaSource(Source):
         """Read every configured node once and return the records (nothing is stored)."""
         async with self._open_session() as session:
             assert session.client is not None
+            if self.config.load_data_types:
+                await self._load_data_types(session.client)
             resolved, failed = await resolve_all(session.client, all_nodes(self.config))
             for error in failed:
                 log.warning("source %s: %s", self.name, error)
@@ -114,6 +129,8 @@ class OpcUaSource(Source):
         assert client is not None
         try:
             await self._drop_previous_subscriptions(session)
+            if self.config.load_data_types:
+                await self._load_data_types(client)
             resolved, failed = await resolve_all(client, all_nodes(self.config))
             self._report_unresolved(failed)
             self._mark_connected()
@@ -131,15 +148,50 @@ class OpcUaSource(Source):
                     for active in subscriptions:
                         group.create_task(self._consume(active, sink))
                 group.create_task(self._watch(session, subscriptions))
-        except* ConnectionLost as errors:
+        except BaseExceptionGroup as errors:
+            # Several tasks may fail at once; one error stands for the session's end.
             session.keep_session = True
-            raise errors.exceptions[0] from None
-        except* SourceUnavailable as errors:
-            raise errors.exceptions[0] from None
-        except* CONNECTION_ERRORS as errors:
+            raise self._session_end(session, errors) from errors
+        except (ConnectionLost, *CONNECTION_ERRORS) as error:
             session.keep_session = True
-            error = errors.exceptions[0]
+            if isinstance(error, ConnectionLost):
+                raise
             raise ConnectionLost(f"{self.config.endpoint}: {error!r}") from error
+
+    def _session_end(self, session: OpcUaSession, errors: BaseExceptionGroup) -> Exception:
+        """Choose the error that ends a session from those its tasks raised.
+
+        A lost connection comes first: asyncua then also ends the subscriptions with
+        BadShutdown, which is a consequence. An unexpected error is logged with its traceback
+        and ends the session too, so a fault in one notification never ends the source.
+        """
+        if session.lost.is_set():
+            return ConnectionLost(f"{self.config.endpoint}: connection lost ({session.lost_reason})")
+        leaves = list(_leaves(errors))
+        for kind in (ConnectionLost, SourceUnavailable):
+            for error in leaves:
+                if isinstance(error, kind):
+                    return error
+        for error in leaves:
+            if isinstance(error, CONNECTION_ERRORS):
+                return ConnectionLost(f"{self.config.endpoint}: {error!r}")
+        error = leaves[0]
+        if isinstance(error, Exception):
+            log.error("source %s: unexpected error, starting a new session", self.name, exc_info=error)
+            return ConnectionLost(f"{self.config.endpoint}: unexpected error {error!r}")
+        raise errors
+
+    async def _load_data_types(self, client: Client) -> None:
+        """Teach asyncua the server's own structures; without them their values stay
+        undecoded ExtensionObjects, which are still stored, with their type id."""
+        try:
+            await client.load_data_type_definitions()
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as error:
+            # asyncua builds Python classes from the server's definitions; a definition it
+            # cannot handle must not stop the values from flowing.
+            log.warning("source %s: reading the server's data types failed: %r", self.name, error)
 
     async def _drop_previous_subscriptions(self, session: OpcUaSession) -> None:
         """Delete the subscriptions of the previous connection if its session was reactivated,
@@ -230,9 +282,14 @@ class OpcUaSource(Source):
         interval_s = self.config.poll_interval_ms / 1000
         limit = await self._read_limit(client)
         node_ids = [node.node_id for node in resolved]
+        first = True
         while True:
             started = self.clock.monotonic()
             values = await read_values(client, node_ids, limit)
+            if first:
+                resolved, values = self._drop_missing(resolved, values)
+                node_ids = [node.node_id for node in resolved]
+                first = False
             now = self.clock.now()
             records = [
                 datachange_record(self.name, node.config.subject, node.config.address, value, now)
@@ -242,6 +299,24 @@ class OpcUaSource(Source):
                 # An unchanged value keeps its timestamps, hence its id: the outbox skips it.
                 await self._store(sink, records)
             await self.clock.sleep(interval_s - (self.clock.monotonic() - started))
+
+    def _drop_missing(
+        self, resolved: list[ResolvedNode], values: list[ua.DataValue]
+    ) -> tuple[list[ResolvedNode], list[ua.DataValue]]:
+        """Report the nodes the server does not have and stop polling them, as a subscription
+        does not monitor them. Such a read result carries no timestamps, so every poll would
+        otherwise store it again as a new record."""
+        kept_nodes, kept_values, missing = [], [], []
+        for node, value in zip(resolved, values, strict=True):
+            code = value.StatusCode.value if value.StatusCode is not None else 0
+            if code & CODE_MASK in MISSING_NODE_CODES:
+                missing.append(AddressError(node.config.address, f"read failed: {status_name(code)}"))
+            else:
+                kept_nodes.append(node)
+                kept_values.append(value)
+        if missing:
+            self._report_unresolved(missing, append=True)
+        return kept_nodes, kept_values
 
     async def _watch(self, session: OpcUaSession, subscriptions: Sequence[ActiveSubscription]) -> None:
         """Raise `ConnectionLost` when the session probe fails or a subscription misses its
@@ -343,3 +418,11 @@ class OpcUaSource(Source):
         if self.status.state != SourceState.DISCONNECTED:
             log.warning("source %s: disconnected: %s; reconnecting with backoff", self.name, reason)
         self._set_state(SourceState.DISCONNECTED, reason)
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error

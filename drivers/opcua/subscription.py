@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asyncua import Client, ua
+from asyncua.common.events import where_clause_from_evtype
 from asyncua.common.subscription import Subscription
 
 from drivers.opcua.addressing import AddressError, ResolvedNode, parse_node_id
@@ -28,6 +29,7 @@ from drivers.opcua.monitoring import (
 log = logging.getLogger(__name__)
 
 NOTIFICATION_QUEUE_SIZE = 20_000
+BASE_EVENT_TYPE = ua.NodeId(ua.Int32(ua.ObjectIds.BaseEventType))
 
 
 class CountingQueue(asyncio.Queue[Any]):
@@ -117,7 +119,8 @@ async def subscribe_group(
 
 
 def event_filter(fields: list[str], event_type: ua.NodeId) -> ua.EventFilter:
-    """Select the named fields of the event type (OPC UA Part 4, EventFilter)."""
+    """Select the named fields of the event type (OPC UA Part 4, EventFilter); the where
+    clause is added by `subscribe_events`."""
     event_filter = ua.EventFilter()
     for name in fields:
         operand = ua.SimpleAttributeOperand()
@@ -143,6 +146,9 @@ async def subscribe_events(client: Client, config: OpcUaSourceConfig, namespaces
         parameters.QueueSize = spec.queue_size
         parameters.DiscardOldest = True
         parameters.Filter = event_filter(spec.fields, event_type)
+        if event_type != BASE_EVENT_TYPE:
+            # Only events of this type and its subtypes, listed from the server's type tree.
+            parameters.Filter.WhereClause = await where_clause_from_evtype([client.get_node(event_type)])
         request = ua.MonitoredItemCreateRequest()
         request.ItemToMonitor = ua.ReadValueId(NodeId=notifier, AttributeId=ua.AttributeIds.EventNotifier)
         request.MonitoringMode = ua.MonitoringMode.Reporting

@@ -161,3 +161,17 @@ async def test_sample_reports_unreachable_source(tmp_path):
 
     assert code == 1
     assert "line1: failed:" in err
+
+
+async def test_trust_finds_pki_folder_from_config(tmp_path):
+    security = '[sources.security]\npolicy = "Basic256Sha256"\nmode = "Sign"\npki_dir = "agent-pki"\n'
+    config = write_config(tmp_path / "plantgate.toml", "opc.tcp://127.0.0.1:4840", security)
+    server = PkiPaths(tmp_path / "server")
+    ensure_application_certificate(server, "urn:test:server")
+
+    code, out, err = await plantgate("opcua", "trust", str(server.certificate), "--config", str(config))
+
+    assert code == 0, err
+    trusted = PkiPaths(tmp_path / "agent-pki").trusted / f"{thumbprint(server.certificate.read_bytes())}.der"
+    assert trusted.read_bytes() == server.certificate.read_bytes()
+    assert f"trusted: {trusted}" in out

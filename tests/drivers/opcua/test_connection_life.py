@@ -123,3 +123,34 @@ async def test_dropped_connection_leaves_one_session_on_server(simulator, outbox
     # The session of each lost connection was reactivated, its subscription replaced.
     assert sessions == 1
     assert subscriptions == 1
+    # Stopping the source closes its session.
+    await wait_for(lambda: len(service._external_sessions) == 0, limit_s=5)
+
+
+class FailingOnceSink:
+    """The real outbox, except that the first append raises an error no code path expects."""
+
+    def __init__(self, outbox):
+        self.outbox = outbox
+        self.failed = False
+
+    async def append(self, records):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("unexpected fault in the sink")
+        return await self.outbox.append(records)
+
+    async def lookup(self, record_id):
+        return await self.outbox.lookup(record_id)
+
+
+async def test_unexpected_error_starts_new_session(simulator, outbox):
+    sink = FailingOnceSink(outbox)
+    source = OpcUaSource(source_config(simulator.endpoint))
+    async with running(source, sink) as task:
+        await wait_for(lambda: source.status.connects >= 2)
+        await wait_for(lambda: _more_than(outbox, 4))
+        assert not task.done()
+
+    assert sink.failed
+    assert "unexpected error RuntimeError" in (source.status.last_error or "")

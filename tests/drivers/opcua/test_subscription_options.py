@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from asyncua import ua
+from asyncua import Server, ua
+from asyncua.common.structures104 import new_struct, new_struct_field
 
 from drivers.opcua.simulator import OpcUaSimulator
 from drivers.opcua.source import OpcUaSource
@@ -162,3 +163,86 @@ async def test_events_stored_in_event_lane(outbox):
     assert record.payload["Severity"] == 700
     assert record.payload["EventId"]
     assert record.source_time is not None
+
+
+async def add_custom_structure(server: Server) -> None:
+    namespace = await server.register_namespace("urn:plantgate:types")
+    await new_struct(
+        server,
+        namespace,
+        "BatchInfo",
+        [new_struct_field("Batch", ua.VariantType.String), new_struct_field("Count", ua.VariantType.Int32)],
+    )
+    await server.load_data_type_definitions()
+
+
+async def test_custom_structure_decoded_with_types_loaded():
+    async with OpcUaSimulator(update_interval_s=0, configure=add_custom_structure) as server:
+        # The server's load_data_type_definitions made the class ua.BatchInfo.
+        batch = ua.BatchInfo(Batch="B-17", Count=250)
+        line = server.server.get_node(ua.NodeId("Line1", server.namespace_index))
+        await line.add_variable(ua.NodeId("Line1.Batch", server.namespace_index), "Batch", batch)
+        nodes = [{"node_id": "nsu=urn:plantgate:demo;s=Line1.Batch", "name": "batch"}]
+        config = source_config(server.endpoint, nodes=nodes, load_data_types=True)
+        (record,) = await OpcUaSource(config).sample()
+
+    # NOTE: client and server share asyncua's type registry in this process, so the case
+    # without loaded types cannot be shown here. test_builtin_types_become_json covers the
+    # undecoded form.
+    assert record.payload["value"] == {"Batch": "B-17", "Count": 250}
+    assert record.payload["datatype"] == "ExtensionObject"
+
+
+async def test_items_chunked_by_server_operation_limit(outbox):
+    async with OpcUaSimulator(update_interval_s=0) as server:
+        limit = server.server.get_node(
+            ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)
+        )
+        await limit.write_value(ua.Variant(3, ua.VariantType.UInt32))
+        # Count the CreateMonitoredItems requests the server receives.
+        service = server.server.iserver.subscription_service
+        original = service.create_monitored_items
+        sizes = []
+
+        async def counting(params):
+            sizes.append(len(params.ItemsToCreate))
+            return await original(params)
+
+        service.create_monitored_items = counting
+        nodes = [{"node_id": f"ns=2;s=Line1.{name}"} for name in ("Temperature", "Pressure", "Speed", "Running")]
+        nodes += [{"browse_path": f"2:Line1/2:{name}"} for name in ("Temperature", "Pressure", "Speed")]
+        source = OpcUaSource(source_config(server.endpoint, nodes=nodes))
+        async with running(source, outbox):
+            await wait_for(lambda: _subject_count(outbox, 7))
+
+    assert sizes == [3, 3, 1]
+
+
+async def test_polling_reports_missing_node_once(simulator, outbox):
+    nodes = [{"node_id": "ns=2;s=Line1.Speed", "name": "speed"}, {"node_id": "ns=2;s=Line1.Nope", "name": "nope"}]
+    source = OpcUaSource(source_config(simulator.endpoint, nodes=nodes, mode="polling", poll_interval_ms=100))
+    async with running(source, outbox):
+        await wait_for(lambda: _subject_count(outbox, 1))
+        await asyncio.sleep(0.5)
+
+    assert {record.subject for record in await stored_records(outbox)} == {"speed"}
+    assert source.status.details["unresolved"] == ["ns=2;s=Line1.Nope"]
+
+
+async def test_events_filtered_by_event_type(outbox):
+    async with OpcUaSimulator(update_interval_s=0) as server:
+        events = [{"name": "audit", "event_type": "i=2052", "fields": ["EventId", "Message"]}]  # AuditEventType
+        nodes = [{"node_id": "ns=2;s=Line1.Speed", "name": "speed"}]
+        source = OpcUaSource(source_config(server.endpoint, nodes=nodes, events=events))
+        generator = await server.server.get_event_generator()
+        async with running(source, outbox):
+            await wait_for(lambda: _subject_count(outbox, 1))
+            generator.event.Message = ua.LocalizedText("a base event, not an audit event")
+            await generator.trigger()
+            await asyncio.sleep(1.0)
+            await server.write("Speed", 7)
+            await wait_for(lambda: _contains_value(outbox, 7))
+
+    # The base event is filtered out by the server, while values keep flowing.
+    assert [record.lane for record in await stored_records(outbox)] == [Lane.TELEMETRY, Lane.TELEMETRY]
+    assert source.status.details["unresolved"] == []

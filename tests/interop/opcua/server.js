@@ -1,10 +1,12 @@
 // A node-opcua server for plantgate's interoperability tests.
 //
 // Usage: node server.js PORT PKI_DIR [--secure]
-// Listens on 127.0.0.1:PORT with the namespace "urn:plantgate:interop" and three variables
-// under the object Line2 that change every 200 ms. With --secure, only the endpoints
-// Basic256Sha256 Sign and SignAndEncrypt are offered, and client certificates are accepted
-// without review (this is a test server). Prints "READY <port>" once listening.
+// Listens on 127.0.0.1:PORT with the namespace "urn:plantgate:interop" and, under the object
+// Line2, three variables that change every 200 ms and the analog item Level (EURange 0-100)
+// that moves 0.5 per step. The Server object raises an event every second. With --secure,
+// only the endpoints Basic256Sha256 Sign and SignAndEncrypt are offered, and client
+// certificates are accepted without review (this is a test server). Prints "READY <port>"
+// once listening.
 "use strict";
 
 const path = require("path");
@@ -55,10 +57,31 @@ async function main() {
     variable("Counter", "Int32", () => state.counter);
     variable("Label", "String", () => `batch-${Math.floor(state.counter / 10)}`);
 
+    // An analog item with an EURange of 0-100, for percent deadbands: it moves 0.5 (0.5 %) per step.
+    namespace.addAnalogDataItem({
+        componentOf: line,
+        browseName: "Level",
+        nodeId: "s=Line2.Level",
+        dataType: "Double",
+        engineeringUnitsRange: { low: 0, high: 100 },
+        minimumSamplingInterval: 100,
+        value: { get: () => new Variant({ dataType: DataType.Double, value: (state.counter % 100) * 0.5 }) },
+    });
+
     setInterval(() => {
         state.counter += 1;
         state.temperature = 20.0 + 5.0 * Math.sin(state.counter / 5);
     }, 200);
+
+    // An event from the Server object every second, for event subscriptions.
+    const serverObject = server.engine.addressSpace.rootFolder.objects.server;
+    setInterval(() => {
+        serverObject.raiseEvent("BaseEventType", {
+            message: { dataType: DataType.LocalizedText, value: { text: `batch ${state.counter} done` } },
+            severity: { dataType: DataType.UInt16, value: 300 },
+            sourceName: { dataType: DataType.String, value: "Line2" },
+        });
+    }, 1000);
 
     await server.start();
     process.stdout.write(`READY ${server.endpoints[0].port}\n`);
