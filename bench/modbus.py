@@ -43,9 +43,7 @@ async def serve(devices: int, registers: int) -> None:
 
     servers = []
     for _ in range(devices):
-        device = SimDevice(
-            id=1, simdata=[SimData(0, values=list(range(registers)), datatype=DataType.REGISTERS)]
-        )
+        device = SimDevice(id=1, simdata=[SimData(0, values=list(range(registers)), datatype=DataType.REGISTERS)])
         server = ModbusTcpServer([device], address=("127.0.0.1", 0))
         await server.serve_forever(background=True)
         servers.append(server)
@@ -144,10 +142,7 @@ async def main(devices: int, registers: int, seconds: float) -> None:
 
 
 async def report(ports: list[int], registers: int, seconds: float) -> None:
-    print(
-        f"{len(ports)} devices x {registers} registers, 1 poll/s, "
-        f"{seconds:g} s per phase, {os.cpu_count()} CPUs"
-    )
+    print(f"{len(ports)} devices x {registers} registers, 1 poll/s, {seconds:g} s per phase, {os.cpu_count()} CPUs")
 
     cpu, values = await run_baseline(ports, registers, seconds)
     baseline = per_1000(cpu, values)
@@ -157,10 +152,7 @@ async def report(ports: list[int], registers: int, seconds: float) -> None:
     sink = CountingSink()
     cpu, values = await measure(seconds, [source.run(sink) for source in sources], lambda: sink.values)
     result = per_1000(cpu, values)
-    print(
-        f"sources, records not stored: {result:.2f} ms CPU per 1000 values "
-        f"({result / baseline:.2f}x baseline)"
-    )
+    print(f"sources, records not stored: {result:.2f} ms CPU per 1000 values ({result / baseline:.2f}x baseline)")
 
     requests = sum(source.status.details["requests"] for source in sources)
     polls = sum(source.status.details["polls"] for source in sources)
@@ -170,9 +162,7 @@ async def report(ports: list[int], registers: int, seconds: float) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         async with Outbox(Path(folder) / "outbox.sqlite", max_bytes=8 * 1024**3) as outbox:
-            sources = [
-                ModbusSource(source_config(index, port, registers)) for index, port in enumerate(ports)
-            ]
+            sources = [ModbusSource(source_config(index, port, registers)) for index, port in enumerate(ports)]
             cpu, values = await measure(
                 seconds,
                 [source.run(outbox) for source in sources],
