@@ -100,10 +100,14 @@ async def test_sigkill_while_forwarding_loses_nothing(tmp_path: Path) -> None:
         agent = await start_agent(config, log)
         try:
             await wait_until(lambda: outbox.exists() and len(outbox_ids(outbox)) >= 150, 60, "a backlog builds up")
+            # Each reply comes 0.1 s late, so draining 150 records in batches of 10 takes seconds
+            # and the kill lands while batches are in flight.
+            receiver.stall(0.1)
             await receiver.come_up()
             await wait_until(lambda: receiver.stats().unique_events >= 30, 30, "forwarding has started")
             agent.send_signal(signal.SIGKILL)
             assert agent.wait(10) == -signal.SIGKILL
+            receiver.clear_faults()
         finally:
             if agent.poll() is None:
                 agent.kill()
