@@ -44,8 +44,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def demo_config(folder: Path, opcua_port: int, modbus_port: int, receiver_url: str, health_port: int) -> Path:
-    """config/demo.toml with this run's ports and an outbox in `folder`."""
+def demo_config(
+    folder: Path, opcua_port: int, modbus_port: int, receiver_url: str, health_port: int, max_bytes: str | None
+) -> Path:
+    """config/demo.toml with this run's ports, an outbox in `folder` and, if given, its budget."""
     text = (REPO_ROOT / "config" / "demo.toml").read_text()
     replacements = {
         "http://127.0.0.1:18081/v1/events": receiver_url,
@@ -54,6 +56,9 @@ def demo_config(folder: Path, opcua_port: int, modbus_port: int, receiver_url: s
         "port = 18787": f"port = {health_port}",
         '"../demo-data/outbox.sqlite"': f'"{folder / "outbox.sqlite"}"',
     }
+    if max_bytes is not None:
+        # The demo's 64 MiB budget would shed most of a large backlog at the first append.
+        replacements['max_bytes = "64MiB"'] = f'max_bytes = "{max_bytes}"'
     for old, new in replacements.items():
         if old not in text:
             raise SystemExit(f"config/demo.toml no longer contains {old!r}; update bench/footprint.py")
@@ -130,7 +135,7 @@ async def measure(
         Receiver(folder / "central.sqlite", host="127.0.0.1", port=0) as receiver,
     ):
         health_port = free_port()
-        config = demo_config(folder, opcua.port, modbus.port, receiver.url, health_port)
+        config = demo_config(folder, opcua.port, modbus.port, receiver.url, health_port, "16GiB" if backlog else None)
         if backlog:
             await prefill(folder / "outbox.sqlite", backlog)
 
