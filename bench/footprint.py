@@ -215,11 +215,12 @@ def main() -> None:
     )
     if ready_backlog is not None:
         print(f"time from start to ready with {args.backlog} records in the outbox: {ready_backlog:.2f} s")
-    print(
-        f"demo configuration, after {args.warmup:.0f} s warm-up, over {args.duration:.0f} s: "
-        f"CPU {idle['cpu_percent']:.1f} % of one core, RSS {idle['rss_mib']:.0f} MiB "
-        f"(peak {idle['peak_rss_mib']:.0f} MiB)"
-    )
+    if "cpu_percent" in idle:
+        print(
+            f"demo configuration, after {args.warmup:.0f} s warm-up, over {args.duration:.0f} s: "
+            f"CPU {idle['cpu_percent']:.1f} % of one core, RSS {idle['rss_mib']:.0f} MiB "
+            f"(peak {idle['peak_rss_mib']:.0f} MiB)"
+        )
 
     if drained is not None:
         print(
