@@ -1,6 +1,6 @@
 """Crash loop of the whole agent: `plantgate run` with OPC UA, Modbus and MES sources, killed with
-SIGKILL at random points, restarted each time, then drained; the receiver is compared with what
-the MES was told and what the outbox held at every kill.
+SIGKILL at random points, restarted each time, then drained; the receiver is compared with
+what the MES got a 2xx for and what the outbox held at every kill.
 
 The OPC UA and Modbus simulators, a simulated MES posting goods movements to the agent's HTTP
 API, and the stand-in receiver run in this process, on loopback ports chosen free. The receiver
@@ -287,7 +287,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=200, help="how many times to SIGKILL the agent")
     parser.add_argument("--seed", type=int, default=1, help="seed for kill times and receiver outages")
-    parser.add_argument("--max-run-s", type=float, default=3.0, help="longest the agent runs before its kill, in s")
+    parser.add_argument("--max-run-s", type=float, default=3.0, help="maximum seconds the agent runs before its kill")
     parser.add_argument("--max-bytes", default="64MiB", help="outbox.max_bytes (small values make it shed)")
     parser.add_argument("--dir", type=Path, help="keep the files in this folder (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
