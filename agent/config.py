@@ -27,9 +27,7 @@ from drivers.opcua.config import OpcUaSourceConfig
 DEFAULT_CONFIG_PATH = Path("/etc/plantgate/plantgate.toml")
 ENV_PREFIX = "PLANTGATE_"
 
-SourceConfig = Annotated[
-    OpcUaSourceConfig | ModbusSourceConfig | MesSourceConfig, Field(discriminator="type")
-]
+SourceConfig = Annotated[OpcUaSourceConfig | ModbusSourceConfig | MesSourceConfig, Field(discriminator="type")]
 
 
 class AgentSection(StrictModel):
@@ -81,9 +79,7 @@ class LoggingSection(StrictModel):
 class UpdateSection(StrictModel):
     """Signed updates (`plantgate update`). Every key is optional, so a file without the section is valid."""
 
-    public_keys: list[str] = Field(
-        default=[], description="base64 Ed25519 public keys that may sign releases"
-    )
+    public_keys: list[str] = Field(default=[], description="base64 Ed25519 public keys that may sign releases")
     install_dir: ConfigPath = Path("/opt/plantgate")
     ready_timeout_s: float = Field(default=90.0, gt=0)
     restart_command: list[str] = Field(default=["systemctl", "restart", "plantgate.service"], min_length=1)

@@ -209,10 +209,28 @@ class Agent:
             },
             "sources": [source.status.snapshot() for source in self.sources],
             "outbox": outbox,
-            "forwarder": self.forwarder.status.snapshot() if self.forwarder else {},
+            "forwarder": self._forwarder_status(),
             "incidents": self.incidents,
             "update": update_report(InstallLayout(self.settings.update.install_dir)),
         }
+
+    def _forwarder_status(self) -> dict[str, Any]:
+        """The forwarder's snapshot, with its monotonic clock readings turned into seconds from now,
+        since a raw monotonic reading means nothing to an operator."""
+        if self.forwarder is None:
+            return {}
+        now = self.clock.monotonic()
+        status: dict[str, Any] = {}
+        for key, value in self.forwarder.status.snapshot().items():
+            if not key.endswith("_monotonic"):
+                status[key] = value
+            elif value is None:
+                status[key.removesuffix("_monotonic") + "_in_s"] = None
+            elif value > now:
+                status[key.removesuffix("_monotonic") + "_in_s"] = round(value - now, 3)
+            else:
+                status[key.removesuffix("_monotonic") + "_ago_s"] = round(now - value, 3)
+        return status
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self.stopping and self.outbox is not None and self.outbox.writer_alive

@@ -26,12 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run simulators, a receiver and the agent together and show an outage and the catch-up",
+        description=(
+            "Start an OPC UA simulator, a Modbus simulator, a stand-in receiver and the agent on "
+            "127.0.0.1 (ports from the demo configuration), print what flows every two seconds, take "
+            "the receiver down for a while, and end by comparing what the agent stored with what the "
+            "receiver holds. Exit 0 if nothing was lost."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo configuration (default %(default)s)")
-    parser.add_argument("--duration", type=float, default=40.0, help="seconds of capture (default 40)")
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo configuration")
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds of capture")
     parser.add_argument("--outage-at", type=float, default=10.0, help="seconds before the receiver goes down")
     parser.add_argument("--outage", type=float, default=12.0, help="seconds the receiver stays down")
-    parser.add_argument("--data-dir", type=Path, help="keep the outbox and receiver files here")
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the outbox and receiver files here (default: a new temporary folder)"
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -55,6 +64,23 @@ def handle(args: argparse.Namespace) -> int:
         return 1
 
 
+def _busy_ports(ports: dict[str, int | None]) -> list[str]:
+    """Name each demo port that another program already listens on, before anything starts."""
+    import socket
+
+    busy = []
+    for role, port in ports.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as error:
+                busy.append(f"port {port} for the {role} is not free on 127.0.0.1: {error.strerror}")
+    return busy
+
+
 def _outbox_override(path: Path, data_dir: Path) -> dict[str, Any]:
     from agent.config import read_toml
 
@@ -74,6 +100,24 @@ async def _demo(settings: Any, data_dir: Path, args: argparse.Namespace) -> int:
     opcua_port = urlsplit(next(s.endpoint for s in settings.sources if s.type == "opcua")).port
     modbus_port = next(s.port for s in settings.sources if s.type == "modbus")
     receiver_url = urlsplit(str(settings.central.url))
+
+    busy = _busy_ports(
+        {
+            "OPC UA simulator": opcua_port,
+            "Modbus simulator": modbus_port,
+            "receiver": receiver_url.port,
+            "health server": settings.health.port,
+        }
+    )
+    if busy:
+        for line in busy:
+            print(f"plantgate demo: {line}", file=sys.stderr)
+        print(
+            f"plantgate demo: stop the program that holds the port (`ss -ltnp` shows it), or copy "
+            f"{args.config} with other ports and pass it with --config",
+            file=sys.stderr,
+        )
+        return 1
 
     print(f"plantgate demo: data in {data_dir}")
     async with (

@@ -49,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     commands = parser.add_subparsers(dest="outbox_command", metavar="ACTION")
 
-    stats = commands.add_parser(
-        "stats", parents=[common, as_json], help="depth per lane, dead letters, sizes"
-    )
+    stats = commands.add_parser("stats", parents=[common, as_json], help="depth per lane, dead letters, sizes")
     stats.set_defaults(handler=_handle_stats)
 
     listing = commands.add_parser("list", parents=[common, as_json], help="list dead letters, oldest first")
@@ -60,9 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--source", help="only those from this source")
     listing.set_defaults(handler=_handle_list)
 
-    show = commands.add_parser(
-        "show", parents=[common], help="print everything held on one record id, as JSON"
-    )
+    show = commands.add_parser("show", parents=[common], help="print everything held on one record id, as JSON")
     show.add_argument("id", help="record id")
     show.set_defaults(handler=_handle_show)
 
@@ -78,9 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     purge = commands.add_parser("purge", parents=[common, confirm], help="delete dead letters for good")
     purge.add_argument("ids", nargs="*", metavar="ID", help="record ids of dead letters")
     purge.add_argument("--all", action="store_true", help="every dead letter")
-    purge.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="those that failed more than DAYS days ago"
-    )
+    purge.add_argument("--older-than", type=float, metavar="DAYS", help="those that failed more than DAYS days ago")
     purge.add_argument("--status", type=int, help="those the receiver rejected with this HTTP status")
     purge.set_defaults(handler=_handle_purge)
 
@@ -89,9 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common, confirm],
         help="copy readable rows of a damaged outbox file into the outbox",
     )
-    salvage.add_argument(
-        "file", type=Path, help="the moved-aside file, e.g. outbox.sqlite.corrupt-20260301T060000Z"
-    )
+    salvage.add_argument("file", type=Path, help="the moved-aside file, e.g. outbox.sqlite.corrupt-20260301T060000Z")
     salvage.set_defaults(handler=_handle_salvage)
 
 
@@ -170,9 +162,7 @@ def _handle_purge(args: argparse.Namespace) -> int:
         if args.older_than is not None:
             failed_before = datetime.now(UTC) - timedelta(days=args.older_than)
         if not (args.ids or args.all or failed_before or args.status is not None):
-            print(
-                "plantgate outbox purge: give ids, --all, --older-than DAYS or --status CODE", file=sys.stderr
-            )
+            print("plantgate outbox purge: give ids, --all, --older-than DAYS or --status CODE", file=sys.stderr)
             return 2
         if not _confirm(args, f"Delete the chosen dead letters from {path} for good?"):
             return 1
@@ -251,9 +241,7 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
     if args.yes:
         return True
     if not sys.stdin.isatty():
-        print(
-            f"{question}\nplantgate outbox: no terminal to confirm on; add --yes to go ahead", file=sys.stderr
-        )
+        print(f"{question}\nplantgate outbox: no terminal to confirm on; add --yes to go ahead", file=sys.stderr)
         return False
     answer = input(f"{question} [y/N] ").strip().lower()
     return answer in ("y", "yes")

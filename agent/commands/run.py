@@ -12,7 +12,15 @@ from agent.config_errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("run", help="run the agent (the systemd service runs this)")
+    parser = subparsers.add_parser(
+        "run",
+        help="run the agent (the systemd service runs this)",
+        description=(
+            "Run the agent until SIGTERM or SIGINT: capture from every configured source into the outbox "
+            "and forward to the central endpoint. Exits 2 on an invalid configuration (same messages as "
+            "check-config), 1 if the outbox cannot be opened, 0 after a clean stop."
+        ),
+    )
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG_PATH, help=f"TOML file (default {DEFAULT_CONFIG_PATH})"
     )

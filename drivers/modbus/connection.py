@@ -24,6 +24,13 @@ from drivers.modbus.plan import ReadRequest
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs each timeout and each failed connect at WARNING or ERROR. This driver reports
+# those itself, counted and once per state change, so pymodbus's own lines are limited to
+# CRITICAL unless a logging configuration set a level for the "pymodbus" logger first.
+_pymodbus_log = logging.getLogger("pymodbus")
+if _pymodbus_log.level == logging.NOTSET:
+    _pymodbus_log.setLevel(logging.CRITICAL)
+
 # Exception codes of Modbus Application Protocol 1.1b3, section 7.
 EXCEPTION_NAMES = {
     1: "illegal function",

@@ -1,7 +1,7 @@
 """Resolve configured node addresses to node ids of the connected server.
 
 A namespace index is only valid for one server configuration: it can change when the server
-restarts or is reconfigured (OPC UA Part 3, 8.2.2). Addresses written with the namespace URI
+restarts or is reconfigured (OPC UA Part 3, NodeId). Addresses written with the namespace URI
 (`nsu=<uri>;s=Line1.Temperature`) or as a browse path are therefore resolved again against
 the namespace array on every connect. Parsing is pure; only `resolve` talks to the server.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -14,7 +15,7 @@ Trigger = Literal["status", "status-value", "status-value-timestamp"]
 
 
 class MonitoringOptions(StrictModel):
-    """Monitored-item settings (OPC UA Part 4, 7.21 MonitoringParameters and 7.22.2 DataChangeFilter).
+    """Monitored-item settings (OPC UA Part 4, MonitoringParameters and DataChangeFilter).
 
     A field left unset takes the value of the enclosing node group, then of the source.
     """
@@ -94,7 +95,10 @@ class EventSubscription(StrictModel):
 class SecurityConfig(StrictModel):
     policy: SecurityPolicyName = "None"
     mode: SecurityModeName = "None"
-    pki_dir: ConfigPath = Field(default="pki", description="folder with own/, trusted/, rejected/")
+    # validate_default: the default, too, is taken relative to the configuration file.
+    pki_dir: ConfigPath = Field(
+        default=Path("pki"), validate_default=True, description="folder with own/, trusted/, rejected/"
+    )
     application_uri: str = Field(default="urn:plantgate:agent", min_length=1)
     trust_all_server_certificates: bool = Field(
         default=False, description="accept any server certificate; for commissioning only"
@@ -121,6 +125,9 @@ class OpcUaSourceConfig(SourceConfigBase, MonitoringOptions):
         default=3.0, ge=1, description="keep-alive intervals without a publish response before reconnecting"
     )
     timeout_s: float = Field(default=10.0, gt=0, description="time allowed for one request")
+    session_timeout_s: float = Field(
+        default=60.0, ge=5, description="how long the server keeps a session whose connection was lost"
+    )
     max_items_per_call: int | None = Field(
         default=None,
         ge=1,

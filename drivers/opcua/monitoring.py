@@ -88,7 +88,7 @@ def all_nodes(config: OpcUaSourceConfig) -> list[OpcUaNode]:
 
 def data_change_filter(settings: ItemSettings) -> ua.DataChangeFilter | None:
     """Return the filter for the settings, or None to let the server apply its default
-    (trigger status-value, no deadband; OPC UA Part 4, 7.22.2)."""
+    (trigger status-value, no deadband; OPC UA Part 4, DataChangeFilter)."""
     if settings.trigger is None and settings.deadband_type == "none":
         return None
     data_filter = ua.DataChangeFilter()
@@ -117,8 +117,11 @@ def monitored_item_request(node_id: ua.NodeId, handle: int, settings: ItemSettin
 def subscription_parameters(
     publishing_interval_ms: float, keepalive_count: int, missed_keepalives: float
 ) -> ua.CreateSubscriptionParameters:
-    """Request parameters; the lifetime covers the reconnect window so the server keeps the
-    subscription while the client notices a dead connection (Part 4, 5.13.2: at least 3 keep-alives)."""
+    """Build the CreateSubscription request parameters.
+
+    The lifetime count is at least three keep-alive counts (Part 4, CreateSubscription) and covers the time
+    the client takes to notice a dead connection, so the server keeps the subscription meanwhile.
+    """
     parameters = ua.CreateSubscriptionParameters()
     parameters.RequestedPublishingInterval = publishing_interval_ms
     parameters.RequestedMaxKeepAliveCount = keepalive_count

@@ -10,7 +10,7 @@ from drivers.opcua.monitoring import chunks
 
 
 async def read_values(client: Client, node_ids: Sequence[ua.NodeId], per_call: int | None) -> list[ua.DataValue]:
-    """Read each node's value with both timestamps (OPC UA Part 4, 5.10.2), `per_call` at a time.
+    """Read each node's value with both timestamps (OPC UA Part 4, Read service), `per_call` at a time.
 
     A node the server cannot read comes back as a DataValue with a Bad status, not an error.
     """

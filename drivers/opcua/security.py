@@ -62,7 +62,7 @@ class PkiPaths:
 
 
 def thumbprint(der: bytes) -> str:
-    """SHA-1 thumbprint in hex, the form OPC UA tools show (Part 6, 6.2.3)."""
+    """SHA-1 thumbprint in hex, the form OPC UA tools show."""
     return hashlib.sha1(der, usedforsecurity=False).hexdigest()
 
 
@@ -133,7 +133,7 @@ def ensure_application_certificate(pki: PkiPaths, application_uri: str, *, hostn
 
 def trusted_thumbprints(pki: PkiPaths) -> set[str]:
     """Thumbprints of the DER or PEM certificates in `trusted/`."""
-    prints = set()
+    prints: set[str] = set()
     if not pki.trusted.is_dir():
         return prints
     for path in pki.trusted.iterdir():

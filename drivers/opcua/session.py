@@ -2,7 +2,7 @@
 
 `OpcUaSession` configures security and identity, connects, and on exit closes the session
 (deleting its subscriptions) and the socket, so a reconnect never leaves a session behind on
-the server. A server that cannot answer the close in time still drops the session when its
+the server. A server that does not respond to the close in time still drops the session when its
 session timeout runs out. asyncua's own reconnect is left off: the source owns the retry loop.
 """
 
@@ -20,7 +20,7 @@ from drivers.opcua.config import OpcUaSourceConfig
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the server is not reachable or stopped answering": back off and retry.
+# Errors that mean "the server is not reachable or stopped responding": back off and retry.
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError, ua.UaError)
 
 
@@ -34,12 +34,21 @@ class OpcUaSession:
     """A connected asyncua `Client`, available as `client` inside `async with`.
 
     `lost` is set when asyncua's connection probe fails (a closed socket, or a server that
-    stopped answering requests). Raises `SourceUnavailable` when the server cannot be
+    stopped responding to requests). Raises `SourceUnavailable` when the server cannot be
     reached and `security.SecurityRejected` when it cannot be reached securely as configured.
     """
 
-    def __init__(self, config: OpcUaSourceConfig, *, probe_interval_s: float, session_timeout_s: float) -> None:
+    def __init__(
+        self,
+        config: OpcUaSourceConfig,
+        *,
+        probe_interval_s: float,
+        session_timeout_s: float,
+        state_path: Path | None = None,
+    ) -> None:
         self.config = config
+        self.state_path = state_path
+        self.keep_session = False
         self.probe_interval_s = probe_interval_s
         self.session_timeout_s = session_timeout_s
         self.lost = asyncio.Event()
@@ -53,6 +62,10 @@ class OpcUaSession:
         client.application_uri = self.config.security.application_uri
         client.product_uri = "urn:plantgate"
         client.connection_lost_callback = self._on_lost
+        # With a state file, connect() first tries ActivateSession on the session of the
+        # previous connection (OPC UA Part 4, ActivateSession), so a lost connection does not leave that
+        # session behind on the server. A new session is created only if the server dropped it.
+        client.session_state_path = self.state_path
         self._set_identity(client)
         try:
             await self._set_security(client)
@@ -75,11 +88,28 @@ class OpcUaSession:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def authentication_token(self) -> str | None:
+        if self.client is None:
+            return None
+        return str(self.client.uaclient.session.authentication_token.to_string())
+
     async def close(self) -> None:
-        """Close the session and socket. Safe to call twice."""
+        """Close the session and socket. Safe to call twice.
+
+        With `keep_session` set (the connection was lost, so CloseSession cannot reach the
+        server), the session's state file is kept for the next connect to reactivate it.
+        """
         client, self.client = self.client, None
-        if client is not None:
-            await _quiet_disconnect(client, self.config.timeout_s)
+        if client is None:
+            return
+        kept = None
+        if self.keep_session and self.state_path is not None and self.state_path.exists():
+            kept = self.state_path.read_bytes()
+        await _quiet_disconnect(client, self.config.timeout_s)
+        if kept is not None:
+            assert self.state_path is not None
+            self.state_path.write_bytes(kept)
 
     def _set_identity(self, client: Client) -> None:
         config = self.config
@@ -124,7 +154,7 @@ class OpcUaSession:
 
 
 def _first_certificate(data: bytes) -> bytes:
-    """The leaf certificate of a DER chain (a server may send its chain, leaf first)."""
+    """Return the leaf certificate of a DER chain (a server may send its whole chain, leaf first)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -144,8 +174,8 @@ def _der_length(data: bytes) -> int:
 
 
 async def _quiet_disconnect(client: Client, timeout_s: float) -> None:
-    # A hung server never answers CloseSession; the timeout bounds the wait, and the socket is
-    # dropped regardless.
+    # A hung server never responds to CloseSession, so the timeout bounds the wait. The socket
+    # is dropped in every case.
     try:
         async with asyncio.timeout(timeout_s):
             await client.disconnect()

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC
 from typing import Any
 
 from asyncua import Server, ua
@@ -47,6 +47,7 @@ class OpcUaSimulator:
     `port=0` picks a free port; the chosen one stays in `port`, so a test can stop the simulator
     and start a new one on the same port. `extra_namespaces` are registered before the demo
     namespace, which moves it to a higher index (a server reconfigured between restarts).
+    `configure` is awaited with the initialised server before it starts (to set up security).
     """
 
     def __init__(
@@ -55,12 +56,13 @@ class OpcUaSimulator:
         *,
         update_interval_s: float = 0.5,
         extra_namespaces: Sequence[str] = (),
-        server: Server | None = None,
+        configure: Callable[[Server], Awaitable[None]] | None = None,
     ) -> None:
         self.port = port
         self.update_interval_s = update_interval_s
         self.extra_namespaces = list(extra_namespaces)
-        self.server = server or Server()
+        self.server = Server()
+        self.configure = configure
         self.namespace_index = 0
         self.variables: dict[str, Node] = {}
         self._updater: asyncio.Task[None] | None = None
@@ -82,20 +84,23 @@ class OpcUaSimulator:
         await server.init()
         server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}")
         server.set_server_name("plantgate demo line")
+        if self.configure is not None:
+            await self.configure(server)
         for uri in self.extra_namespaces:
             await server.register_namespace(uri)
         self.namespace_index = await server.register_namespace(DEMO_NAMESPACE)
         line = await server.nodes.objects.add_object(
-            ua.NodeId("Line1", self.namespace_index), ua.QualifiedName("Line1", self.namespace_index)
+            self._node_id("Line1"), ua.QualifiedName("Line1", self.namespace_index)
         )
         for name, (initial, variant_type) in DEMO_VARIABLES.items():
             node = await line.add_variable(
-                ua.NodeId(f"Line1.{name}", self.namespace_index),
+                self._node_id(f"Line1.{name}"),
                 ua.QualifiedName(name, self.namespace_index),
                 ua.Variant(initial, variant_type),
             )
             self.variables[name] = node
         await server.start()
+        assert server.bserver is not None
         self.port = server.bserver.port
         self._started = True
         if self.update_interval_s > 0:
@@ -117,9 +122,14 @@ class OpcUaSimulator:
         """Set one variable, stamped now, with the given status code (to produce Bad or Uncertain values)."""
         _, variant_type = DEMO_VARIABLES.get(name, (None, None))
         variant = ua.Variant(value, variant_type) if variant_type else ua.Variant(value)
-        now = datetime.now(UTC)
-        data_value = ua.DataValue(variant, StatusCode=ua.StatusCode(status), SourceTimestamp=now, ServerTimestamp=now)
+        now = ua.DateTime.now(UTC)
+        data_value = ua.DataValue(
+            variant, StatusCode=ua.StatusCode(ua.UInt32(status)), SourceTimestamp=now, ServerTimestamp=now
+        )
         await self.variables[name].write_value(data_value)
+
+    def _node_id(self, name: str) -> ua.NodeId:
+        return ua.NodeId(ua.String(name), ua.Int16(self.namespace_index))
 
     async def _update_loop(self) -> None:
         step = 0

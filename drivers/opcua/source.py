@@ -3,7 +3,7 @@
 One pass of the loop in `run` is one session: connect, resolve the addresses again (namespace
 indices may have moved), create the subscriptions, then consume notifications until the
 connection is lost. Consumers, the poller and the watchdog are children of one TaskGroup per
-session, so losing the session ends all of them together; then the source backs off with
+session, so losing the session ends all of them together. Then the source backs off with
 jitter and starts a new session.
 """
 
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
@@ -59,11 +62,15 @@ class OpcUaSource(Source):
         self.status.details.update({"endpoint": config.endpoint, "unresolved": [], "changes_dropped": 0})
         self._dropped_reported = 0
         self._failed_attempts = 0
+        self._state_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._previous_token: str | None = None
+        self._previous_subscriptions: list[int] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, sink: RecordSink) -> None:
         """Capture until cancelled, reconnecting with capped jittered backoff."""
+        self._state_dir = tempfile.TemporaryDirectory(prefix="plantgate-opcua-")
         try:
             while True:
                 try:
@@ -74,6 +81,8 @@ class OpcUaSource(Source):
                 await self.clock.sleep(self.backoff.next_delay())
         finally:
             self._set_state(SourceState.STOPPED)
+            self._state_dir.cleanup()
+            self._state_dir = None
 
     async def sample(self) -> list[Record]:
         """Read every configured node once and return the records (nothing is stored)."""
@@ -93,14 +102,18 @@ class OpcUaSource(Source):
     def _open_session(self) -> OpcUaSession:
         keepalive_s = self.config.publishing_interval_ms * self.config.keepalive_count / 1000
         probe_s = max(min(keepalive_s, 5.0), 0.5)
-        session_timeout_s = max(60.0, 2 * keepalive_s * self.config.missed_keepalives)
-        return OpcUaSession(self.config, probe_interval_s=probe_s, session_timeout_s=session_timeout_s)
+        session_timeout_s = max(self.config.session_timeout_s, 2 * keepalive_s * self.config.missed_keepalives)
+        state_path = Path(self._state_dir.name) / "session.json" if self._state_dir else None
+        return OpcUaSession(
+            self.config, probe_interval_s=probe_s, session_timeout_s=session_timeout_s, state_path=state_path
+        )
 
     async def _serve(self, session: OpcUaSession, sink: RecordSink) -> None:
         """Run one session until it is lost. Raises `ConnectionLost` or `SourceUnavailable`."""
         client = session.client
         assert client is not None
         try:
+            await self._drop_previous_subscriptions(session)
             resolved, failed = await resolve_all(client, all_nodes(self.config))
             self._report_unresolved(failed)
             self._mark_connected()
@@ -110,16 +123,37 @@ class OpcUaSource(Source):
                     group.create_task(self._poll(client, resolved, sink))
                 else:
                     subscriptions = await self._subscribe(client, resolved)
+                    self._previous_subscriptions = [
+                        active.subscription.subscription_id
+                        for active in subscriptions
+                        if active.subscription.subscription_id is not None
+                    ]
                     for active in subscriptions:
                         group.create_task(self._consume(active, sink))
                 group.create_task(self._watch(session, subscriptions))
         except* ConnectionLost as errors:
+            session.keep_session = True
             raise errors.exceptions[0] from None
         except* SourceUnavailable as errors:
             raise errors.exceptions[0] from None
         except* CONNECTION_ERRORS as errors:
+            session.keep_session = True
             error = errors.exceptions[0]
             raise ConnectionLost(f"{self.config.endpoint}: {error!r}") from error
+
+    async def _drop_previous_subscriptions(self, session: OpcUaSession) -> None:
+        """Delete the subscriptions of the previous connection if its session was reactivated,
+        so the server stops sampling and queueing for items no client reads."""
+        token, self._previous_token = self._previous_token, session.authentication_token
+        stale, self._previous_subscriptions = self._previous_subscriptions, []
+        if token is None or token != session.authentication_token or not stale:
+            return
+        assert session.client is not None
+        log.debug("source %s: reactivated the previous session; deleting its %d subscription(s)", self.name, len(stale))
+        try:
+            await session.client.delete_subscriptions(stale)
+        except ua.UaStatusCodeError as error:
+            log.debug("source %s: deleting old subscriptions failed: %s", self.name, error)
 
     async def _subscribe(self, client: Client, resolved: list[ResolvedNode]) -> list[ActiveSubscription]:
         by_address = {node.config.address: node for node in resolved}
@@ -211,8 +245,9 @@ class OpcUaSource(Source):
 
     async def _watch(self, session: OpcUaSession, subscriptions: Sequence[ActiveSubscription]) -> None:
         """Raise `ConnectionLost` when the session probe fails or a subscription misses its
-        keep-alives, which also catches a hung server whose TCP connection stays open."""
-        import time
+        keep-alives, which also catches a hung server whose TCP connection stays open.
+
+        Ages are measured on `time.monotonic`, the clock asyncua stamps publish responses with."""
 
         deadlines = [active.deadline_s for active in subscriptions] or [
             keepalive_deadline_s(self.config.publishing_interval_ms, self.config.keepalive_count, 1)

@@ -64,7 +64,7 @@ class ActiveSubscription:
 async def read_operation_limit(client: Client, object_id: int) -> int | None:
     """Read one ServerCapabilities/OperationLimits value; None where the server does not offer it."""
     try:
-        value = await client.get_node(ua.NodeId(object_id)).read_value()
+        value = await client.get_node(ua.NodeId(ua.Int32(object_id))).read_value()
     except ua.UaStatusCodeError:
         return None
     return int(value) if value else None
@@ -117,7 +117,7 @@ async def subscribe_group(
 
 
 def event_filter(fields: list[str], event_type: ua.NodeId) -> ua.EventFilter:
-    """Select the named fields of the event type (OPC UA Part 4, 7.22.3 EventFilter)."""
+    """Select the named fields of the event type (OPC UA Part 4, EventFilter)."""
     event_filter = ua.EventFilter()
     for name in fields:
         operand = ua.SimpleAttributeOperand()
@@ -129,7 +129,7 @@ def event_filter(fields: list[str], event_type: ua.NodeId) -> ua.EventFilter:
 
 
 async def subscribe_events(client: Client, config: OpcUaSourceConfig, namespaces: list[str]) -> ActiveSubscription:
-    """One subscription for every configured event notifier."""
+    """Subscribe to every configured event notifier, all in one subscription."""
     active = await open_subscription(client, "events", config, config.publishing_interval_ms)
     for handle, spec in enumerate(config.events, start=100_001):
         try:

@@ -21,7 +21,7 @@ from outbox.records import Lane, Quality, Record, format_time, record_id
 
 DATACHANGE_KIND = "opcua.datachange"
 
-# OPC UA Part 4, 7.39: bits 30-31 of a StatusCode give its severity (00 Good, 01 Uncertain,
+# OPC UA Part 4, StatusCode: bits 30-31 of a StatusCode give its severity (00 Good, 01 Uncertain,
 # 10 and 11 Bad); bits 16-29 the sub-code; the low 16 bits are info bits (limit, overflow).
 SEVERITY_MASK = 0xC000_0000
 CODE_MASK = 0xFFFF_0000
@@ -155,7 +155,7 @@ def event_record(source: str, subject: str, notifier: str, fields: dict[str, Any
     """Build the event-lane record for one event notification with its selected fields.
 
     The id comes from the EventId field, which the server makes unique per event (OPC UA
-    Part 5, 6.4.2), so an event delivered twice is stored once. Without an EventId the
+    Part 5, BaseEventType), so an event delivered twice is stored once. Without an EventId the
     notifier, Time and the other fields stand in.
     """
     payload = {name: to_json(value) for name, value in fields.items()}

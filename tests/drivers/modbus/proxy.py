@@ -17,7 +17,7 @@ class MbapProxy:
         self.writers: set[asyncio.StreamWriter] = set()
 
     async def _pipe_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # MBAP header (Modbus Messaging on TCP/IP 1.0b, 3.1.3): transaction id, protocol id,
+        # MBAP header (Modbus Messaging on TCP/IP Implementation Guide): transaction id, protocol id,
         # length of what follows, unit id.
         while True:
             header = await reader.readexactly(6)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 # Read requests (function codes 1 to 4) are 8 bytes in RTU framing: unit, function code,
-# address, count, CRC (Modbus over Serial Line 1.02, 2.5.1.1).
+# address, count, CRC.
 READ_REQUEST_BYTES = 8
 
 

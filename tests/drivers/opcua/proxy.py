@@ -16,6 +16,7 @@ class PausableProxy:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> PausableProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -42,9 +43,15 @@ class PausableProxy:
     def resume(self) -> None:
         self.running.set()
 
+    def drop(self) -> None:
+        """Close every open connection at once, as a broken link or a restarted router would."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((writer, upstream_writer))
         pumps = [
             asyncio.create_task(self._pump(reader, upstream_writer)),
             asyncio.create_task(self._pump(upstream_reader, writer)),
@@ -58,6 +65,7 @@ class PausableProxy:
                 self._tasks.discard(task)
             writer.close()
             upstream_writer.close()
+            self._writers.difference_update((writer, upstream_writer))
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

@@ -101,3 +101,25 @@ async def test_unresolved_node_reported_while_others_flow(simulator, outbox):
 
 async def _count_subject(outbox, subject, count):
     return len([r for r in await stored_records(outbox) if r.subject == subject]) >= count
+
+
+async def test_dropped_connection_leaves_one_session_on_server(simulator, outbox):
+    service = simulator.server.iserver
+    async with PausableProxy(simulator.port) as proxy:
+        source = OpcUaSource(source_config(proxy.endpoint, reconnect_initial_s=0.05, reconnect_max_s=0.1))
+        async with running(source, outbox):
+            await wait_for(lambda: source.status.state == SourceState.CONNECTED)
+            for expected in (2, 3, 4):
+                proxy.drop()
+                await wait_for(
+                    lambda n=expected: source.status.connects == n and source.status.state == SourceState.CONNECTED
+                )
+            await asyncio.sleep(0.3)
+            sessions = len(service._external_sessions)
+            subscriptions = len(service.subscription_service.subscriptions)
+            count = len(await stored_records(outbox))
+            await wait_for(lambda: _more_than(outbox, count))
+
+    # The session of each lost connection was reactivated, its subscription replaced.
+    assert sessions == 1
+    assert subscriptions == 1

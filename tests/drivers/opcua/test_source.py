@@ -52,7 +52,7 @@ async def test_bad_and_uncertain_values_stored_as_such(outbox):
     records = [record for record in await stored_records(outbox) if record.subject == "ns=2;s=Line1.Speed"]
     bad = next(record for record in records if record.quality == Quality.BAD)
     assert bad.payload["status"] == "BadSensorFailure"
-    # Part 4, 7.7.1: a server sends no value with a Bad status; the last good one is not filled in.
+    # Part 4 (DataValue): a server may send no value with a Bad status, and the last good one is not filled in.
     assert bad.payload["value"] is None
     uncertain = next(record for record in records if record.quality == Quality.UNCERTAIN)
     assert uncertain.payload["status"] == "UncertainLastUsableValue"

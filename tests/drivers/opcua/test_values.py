@@ -33,7 +33,7 @@ def test_quality_from_status_severity(code, quality):
 
 
 def test_status_name_ignores_info_bits():
-    # Part 4, 7.39.1: bits 0-15 carry info such as the limit bits; the name is of the code alone.
+    # Part 4 (StatusCode): bits 0-15 carry info such as the limit bits; the name is of the code alone.
     assert status_name(ua.StatusCodes.UncertainSensorNotAccurate | 0x0000_0100) == "UncertainSensorNotAccurate"
 
 
