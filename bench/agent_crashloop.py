@@ -1,18 +1,19 @@
-"""Crash loop of the whole agent: `plantgate run` with OPC UA and Modbus sources, killed with
-SIGKILL at random points, restarted each time, then drained; the receiver is compared with what
-the outbox held at every kill.
+"""Crash loop of the whole agent: `plantgate run` with OPC UA, Modbus and MES sources, killed with
+SIGKILL at random points, restarted each time, then drained; the receiver is compared with
+what the MES got a 2xx for and what the outbox held at every kill.
 
-The OPC UA and Modbus simulators and the stand-in receiver run in this process, on loopback
-ports chosen free. The receiver goes down and comes back at random, so backlogs build up and
-kills land while capturing, while forwarding and while retrying. Right after each kill, the ids
-in the outbox file are read: those were committed. At the end:
+The OPC UA and Modbus simulators, a simulated MES posting goods movements to the agent's HTTP
+API, and the stand-in receiver run in this process, on loopback ports chosen free. The receiver
+goes down and comes back at random, so backlogs build up and kills land while capturing, while
+forwarding and while retrying. The MES posts one transaction at a time and, like a real MES,
+posts it again until it gets an answer. Right after each kill, the ids in the outbox file are
+read: those were committed. At the end:
 
+- every transaction the MES got a 2xx for is at the receiver;
 - every committed transaction or event is at the receiver;
 - every committed telemetry record is at the receiver, except at most as many as the outbox
   counted as shed by its budget;
 - the receiver holds each event once; `raw_resends` counts the duplicates it dropped.
-
-NOTE: MES transactions are not part of this loop yet: it covers the OPC UA and Modbus sources.
 
 Run: `python bench/agent_crashloop.py --kills 200` (`--json` for a machine-readable report).
 Exit code 0 when the comparison holds, 1 when it does not.
@@ -26,6 +27,7 @@ import json
 import logging
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,9 +35,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.receiver import Receiver
+from drivers.mes.intake import transaction_record_id
 from drivers.modbus.simulator import ModbusSimulator
 from drivers.opcua.simulator import OpcUaSimulator
 
@@ -83,7 +88,62 @@ points = [
     {{ name = "temperature", address = 0, datatype = "int16" }},
     {{ name = "counter", address = 3, datatype = "uint32" }},
 ]
+
+[[sources]]
+type = "mes"
+name = "{mes_source}"
+reconnect_initial_s = 0.1
+reconnect_max_s = 0.5
+
+[sources.http]
+port = {mes_port}
+token_file = "{mes_token}"
 """
+MES_SOURCE = "mes-line1"
+MES_TOKEN = "crash-loop-token"
+
+
+def goods_movement(transaction_id: str) -> dict[str, Any]:
+    return {
+        "type": "goods_movement",
+        "transaction_id": transaction_id,
+        "material": "RM-4711",
+        "batch": "B2026-0117",
+        "quantity": "12.500",
+        "unit": "KG",
+        "movement_type": "261",
+        "from_location": "WH01",
+        "to_location": "LINE1",
+        "posted_at": "2026-03-02T07:15:00+01:00",
+    }
+
+
+async def post_transactions(url: str, accepted: set[str], stop: asyncio.Event) -> None:
+    """Post one transaction at a time until stopped, each again until it gets a 2xx (a 4xx is a bug)."""
+    headers = {"Authorization": f"Bearer {MES_TOKEN}"}
+    number = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while not stop.is_set():
+            transaction_id = f"GM-{number}"
+            try:
+                async with session.post(url, json=goods_movement(transaction_id), headers=headers) as reply:
+                    status = reply.status
+                    await reply.read()
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            if 200 <= status < 300:
+                accepted.add(transaction_id)
+                number += 1
+            elif 400 <= status < 500:
+                raise RuntimeError(f"the agent rejected {transaction_id} with {status}")
+            await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def outbox_rows(path: Path) -> dict[str, int]:
@@ -137,11 +197,24 @@ async def run(
         Receiver(folder / "receiver.sqlite") as receiver,
     ):
         config = folder / "plantgate.toml"
+        mes_port = free_port()
+        mes_token = folder / "mes.token"
+        mes_token.write_text(MES_TOKEN + "\n")
         config.write_text(
             CONFIG.format(
-                outbox=outbox, max_bytes=max_bytes, central=receiver.url, opcua=opcua.endpoint, modbus=modbus.port
+                outbox=outbox,
+                max_bytes=max_bytes,
+                central=receiver.url,
+                opcua=opcua.endpoint,
+                modbus=modbus.port,
+                mes_source=MES_SOURCE,
+                mes_port=mes_port,
+                mes_token=mes_token,
             )
         )
+        accepted: set[str] = set()
+        stop_mes = asyncio.Event()
+        mes = asyncio.create_task(post_transactions(f"http://127.0.0.1:{mes_port}/v1/transactions", accepted, stop_mes))
         # Start with the receiver down, so the first kill already finds a backlog.
         await receiver.go_down()
         receiver_up = False
@@ -172,9 +245,12 @@ async def run(
             async with asyncio.timeout(120):
                 while _count_ready(log) == readies:
                     await asyncio.sleep(0.1)
-            # The sources keep capturing; wait until everything committed at a kill has arrived.
+            stop_mes.set()
+            await mes
+            wanted = set(committed) | {transaction_record_id(MES_SOURCE, tid) for tid in accepted}
+            # The sources keep capturing; wait until everything committed or accepted has arrived.
             async with asyncio.timeout(drain_limit_s):
-                while not set(committed) <= {event.id for event in receiver.events()}:
+                while not wanted <= {event.id for event in receiver.events()}:
                     await asyncio.sleep(0.2)
         except TimeoutError:
             pass
@@ -185,6 +261,7 @@ async def run(
         received = {event.id for event in receiver.events()}
 
     shed = shed_count(outbox)
+    missing_accepted = [tid for tid in accepted if transaction_record_id(MES_SOURCE, tid) not in received]
     missing_priority = [
         identifier for identifier, lane in committed.items() if lane != 2 and identifier not in received
     ]
@@ -193,6 +270,8 @@ async def run(
     ]
     return {
         "kills": kills,
+        "mes_transactions_accepted": len(accepted),
+        "missing_accepted_transactions": len(missing_accepted),
         "committed_at_kills": len(committed),
         "received_unique": stats.unique_events,
         "raw_resends": stats.duplicates,
@@ -200,7 +279,7 @@ async def run(
         "missing_telemetry": len(missing_telemetry),
         "shed_records": shed,
         "last_exit_code": exit_code,
-        "ok": not missing_priority and len(missing_telemetry) <= shed and exit_code == 0,
+        "ok": not missing_accepted and not missing_priority and len(missing_telemetry) <= shed and exit_code == 0,
     }
 
 
@@ -208,7 +287,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=200, help="how many times to SIGKILL the agent")
     parser.add_argument("--seed", type=int, default=1, help="seed for kill times and receiver outages")
-    parser.add_argument("--max-run-s", type=float, default=3.0, help="longest the agent runs before its kill, in s")
+    parser.add_argument("--max-run-s", type=float, default=3.0, help="maximum seconds the agent runs before its kill")
     parser.add_argument("--max-bytes", default="64MiB", help="outbox.max_bytes (small values make it shed)")
     parser.add_argument("--dir", type=Path, help="keep the files in this folder (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

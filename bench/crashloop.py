@@ -198,7 +198,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=200, help="how many times to SIGKILL the worker")
     parser.add_argument("--seed", type=int, default=1, help="seed for the kill times")
-    parser.add_argument("--max-run-s", type=float, default=0.6, help="longest a worker runs before its kill, in s")
+    parser.add_argument("--max-run-s", type=float, default=0.6, help="maximum seconds a worker runs before its kill")
     parser.add_argument("--dir", type=Path, help="keep the files in this folder (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)

@@ -391,8 +391,8 @@ class Outbox:
                     await self._commit_group(changes)
                 if chores:
                     await asyncio.to_thread(self._housekeep)
-                    for op in chores:
-                        _settle(op, None)
+                    for chore in chores:
+                        _settle(chore, None)
             except Exception as error:
                 # A bug must not stop the writer: fail these callers and keep serving the rest.
                 log.exception("outbox writer failed on a group of %d operations", len(ops))
@@ -552,9 +552,11 @@ class Outbox:
                 if isinstance(op, _Append):
                     results.append(self._apply_append(db, op, seen, pending))
                 elif isinstance(op, _Acknowledge):
-                    results.append(self._apply_acknowledge(db, op.seqs, pending))
+                    self._apply_acknowledge(db, op.seqs, pending)
+                    results.append(None)
                 elif isinstance(op, _DeadLetter):
-                    results.append(self._apply_dead_letter(db, op, pending))
+                    self._apply_dead_letter(db, op, pending)
+                    results.append(None)
                 elif isinstance(op, _CountAttempt):
                     _execute_chunked(db, "UPDATE records SET attempts = attempts + 1 WHERE seq IN ({})", op.seqs)
                     results.append(None)

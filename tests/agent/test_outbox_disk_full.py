@@ -1,7 +1,8 @@
 """The agent as a real process whose outbox is on a small tmpfs that fills up and then gets space back.
 
 The agent must stay up and ready, show the condition in /status and /metrics, shed and count
-telemetry while no commit is possible, and recover by itself. Needs permission to mount a
+telemetry while no commit is possible, answer the MES with 503 and Retry-After, and recover
+by itself. Needs permission to mount a
 tmpfs; skipped otherwise.
 """
 
@@ -21,8 +22,9 @@ import aiohttp
 import pytest
 
 from agent.receiver import Receiver
+from drivers.mes.intake import transaction_record_id
 from drivers.modbus.simulator import ModbusSimulator
-from tests.conftest import REPO_ROOT, plantgate_command
+from tests.conftest import REPO_ROOT, free_port, plantgate_command
 
 CONFIG = """
 [agent]
@@ -55,7 +57,31 @@ points = [
     {{ name = "temperature", address = 0, datatype = "int16" }},
     {{ name = "counter", address = 3, datatype = "uint32" }},
 ]
+
+[[sources]]
+type = "mes"
+name = "mes-line1"
+
+[sources.http]
+port = {mes_port}
+token_file = "{mes_token}"
+retry_after_s = 5
 """
+MES_TOKEN = "disk-full-token"
+
+
+def goods_movement(transaction_id: str) -> dict:
+    return {
+        "type": "goods_movement",
+        "transaction_id": transaction_id,
+        "material": "RM-4711",
+        "quantity": "12.500",
+        "unit": "KG",
+        "movement_type": "261",
+        "from_location": "WH01",
+        "to_location": "LINE1",
+        "posted_at": "2026-03-02T07:15:00+01:00",
+    }
 
 
 @pytest.fixture
@@ -116,7 +142,25 @@ async def test_agent_survives_full_disk_and_recovers(small_filesystem: Path, tmp
         aiohttp.ClientSession() as http,
     ):
         config = tmp_path / "plantgate.toml"
-        config.write_text(CONFIG.format(outbox=outbox, central=receiver.url, modbus=modbus.port))
+        mes_port = free_port()
+        (tmp_path / "mes.token").write_text(MES_TOKEN + "\n")
+        config.write_text(
+            CONFIG.format(
+                outbox=outbox,
+                central=receiver.url,
+                modbus=modbus.port,
+                mes_port=mes_port,
+                mes_token=tmp_path / "mes.token",
+            )
+        )
+        mes_url = f"http://127.0.0.1:{mes_port}/v1/transactions"
+        mes_headers = {"Authorization": f"Bearer {MES_TOKEN}"}
+
+        async def post(transaction_id: str) -> tuple[int, str | None]:
+            async with http.post(mes_url, json=goods_movement(transaction_id), headers=mes_headers) as reply:
+                await reply.read()
+                return reply.status, reply.headers.get("Retry-After")
+
         agent = subprocess.Popen(
             plantgate_command("run", "--config", str(config)), cwd=REPO_ROOT, stderr=log.open("ab")
         )
@@ -149,6 +193,7 @@ async def test_agent_survives_full_disk_and_recovers(small_filesystem: Path, tmp
                 metrics = await reply.text()
             async with http.get(f"{base}/readyz") as reply:
                 ready_while_full = reply.status
+            refused = await post("GM-FULL-1")
 
             ballast.unlink()
             await receiver.come_up()
@@ -157,14 +202,23 @@ async def test_agent_survives_full_disk_and_recovers(small_filesystem: Path, tmp
                 60,
                 "the outbox commits again and drains",
             )
+            accepted = await post("GM-FULL-1")
+            await wait_for(
+                lambda: outbox_state(lambda o: o["depth"]["transaction"] == 0), 60, "the transaction is forwarded"
+            )
             agent.send_signal(signal.SIGTERM)
             exit_code = agent.wait(30)
+            events = receiver.events()
         finally:
             if agent.poll() is None:
                 agent.kill()
 
     assert exit_code == 0, log.read_text()[-2000:]
     assert ready_while_full == 200
+    transaction_id = transaction_record_id("mes-line1", "GM-FULL-1")
+    assert refused == (503, "5")
+    assert accepted[0] == 201
+    assert transaction_id in {event.id for event in events}
     assert "disk is full" in during["outbox"]["last_error"]
     assert during["outbox"]["shed_by_source"]["line1-meter"] >= during["outbox"]["shed_on_storage_error"]
     assert "plantgate_outbox_error 1.0" in metrics

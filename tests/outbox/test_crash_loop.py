@@ -64,6 +64,8 @@ def agent_crash_loop(kills: int, seed: int) -> dict:
 def check_agent(report: dict, kills: int) -> None:
     assert report["kills"] == kills
     assert report["committed_at_kills"] > 0
+    assert report["mes_transactions_accepted"] > 0
+    assert report["missing_accepted_transactions"] == 0
     assert report["missing_transactions_and_events"] == 0
     assert report["missing_telemetry"] <= report["shed_records"]
     assert report["last_exit_code"] == 0
