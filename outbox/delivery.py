@@ -18,7 +18,7 @@ from enum import StrEnum
 from urllib.parse import quote
 
 from outbox.backoff import backoff_delay
-from outbox.records import StoredRecord, format_time
+from outbox.records import CLOCK_SET_AFTER, StoredRecord, format_time
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
 EVENT_TYPE_PREFIX = "com.plantgate"
@@ -196,7 +196,9 @@ def encode_event(stored: StoredRecord, *, site: str, gateway_id: str) -> str:
 
     The payload is spliced in as stored, so it is neither parsed nor re-serialised here.
     `quality` and `capturedtime` are extension attributes. CloudEvents allows only lower-case
-    ASCII letters and digits in attribute names.
+    ASCII letters and digits in attribute names. `clockunset` (true) marks a record the gateway
+    captured before its clock was set (a capture time before 2020), and `sourceclockunset` one
+    whose source timestamp is that old, so neither is taken as a real time by the receiver.
     """
     record = stored.record
     attributes = {
@@ -213,8 +215,16 @@ def encode_event(stored: StoredRecord, *, site: str, gateway_id: str) -> str:
     if not record.subject:
         # CloudEvents 1.0 requires `subject`, when present, to be a non-empty string.
         del attributes["subject"]
+    if record.captured_before_clock_set:
+        attributes["clockunset"] = True
+    if record.source_time is not None and _before_clock_set(record.source_time):
+        attributes["sourceclockunset"] = True
     head = json.dumps(attributes, separators=(",", ":"), ensure_ascii=False)
     return f'{head[:-1]},"data":{record.payload_json}}}'
+
+
+def _before_clock_set(moment: datetime) -> bool:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) < CLOCK_SET_AFTER
 
 
 def encode_batch(records: Sequence[StoredRecord], *, site: str, gateway_id: str) -> bytes:
