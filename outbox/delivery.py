@@ -201,7 +201,7 @@ def encode_event(stored: StoredRecord, *, site: str, gateway_id: str) -> str:
     whose source timestamp is that old, so neither is taken as a real time by the receiver.
     """
     record = stored.record
-    attributes = {
+    attributes: dict[str, str | bool] = {
         "specversion": "1.0",
         "id": record.id,
         "source": event_source(site, gateway_id, record.source),

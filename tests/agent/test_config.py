@@ -173,7 +173,10 @@ def test_url_without_scheme_says_how_to_write_it(tmp_path: Path) -> None:
 
     (problem,) = problems_of(path)
 
-    assert problem == "central.url: 'erp.example.com/v1' is not a valid URL; write it in full, such as 'https://host:port/path'"
+    assert (
+        problem
+        == "central.url: 'erp.example.com/v1' is not a valid URL; write it in full, such as 'https://host:port/path'"
+    )
 
 
 def test_environment_typo_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +184,10 @@ def test_environment_typo_is_an_error(tmp_path: Path, monkeypatch: pytest.Monkey
 
     (problem,) = problems_of(write(tmp_path, VALID))
 
-    assert problem == "environment variable PLANTGATE_CENTRL__URL: 'centrl' is not a key of top level; did you mean 'central'?"
+    assert (
+        problem
+        == "environment variable PLANTGATE_CENTRL__URL: 'centrl' is not a key of top level; did you mean 'central'?"
+    )
 
 
 def test_environment_value_error_names_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,11 +208,17 @@ def test_environment_cannot_set_source_list_items(tmp_path: Path, monkeypatch: p
 
 
 def test_check_config_warns_about_missing_files(tmp_path: Path) -> None:
-    text = VALID.replace('url = "http://127.0.0.1:9/v1/events"', 'url = "http://127.0.0.1:9/v1/events"\ntoken_file = "absent.token"')
+    text = VALID.replace(
+        'url = "http://127.0.0.1:9/v1/events"', 'url = "http://127.0.0.1:9/v1/events"\ntoken_file = "absent.token"'
+    )
     path = write(tmp_path, text)
 
     result = subprocess.run(
-        plantgate_command("check-config", "--config", str(path)), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        plantgate_command("check-config", "--config", str(path)),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 0, result.stderr
