@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 
 class ConfigError(Exception):
-    """The configuration is invalid. `problems` holds one message per problem."""
+    """The configuration is invalid. `problems` contains one message per problem."""
 
     def __init__(self, path: Path | str, problems: list[str]) -> None:
         self.path = Path(path)
@@ -31,7 +31,7 @@ class ConfigError(Exception):
 
 
 def _model_classes(annotation: Any) -> list[type[BaseModel]]:
-    """The model classes an annotation can hold, looking through lists, unions and Annotated."""
+    """Return the model classes an annotation can contain, looking through lists, unions and Annotated."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []
@@ -109,8 +109,8 @@ def _describe(error: Any, parent: type[BaseModel] | None, key: str) -> str:
     return f"{value!r}: {message}"
 
 
-# A model validator that checks several items names the offending key at the start of its
-# message ("sources[1].name: ..."); such a message is reported at that key.
+# A model validator that checks several items puts the invalid key at the start of its message
+# ("sources[1].name: ..."). Such a message is reported at that key.
 _KEYED_MESSAGE = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
 
 
@@ -120,7 +120,7 @@ def format_validation_error(
     """One line per problem: `dotted.path[index].key: what is wrong with which value`.
 
     With `environ` and the settings' `prefix`, a problem whose value came from an environment
-    variable names that variable, so nobody searches the file for it.
+    variable names that variable, so the reader does not search the file for it.
     """
     lines: list[str] = []
     for item in error.errors(include_url=False):

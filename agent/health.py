@@ -69,7 +69,7 @@ class HealthServer:
             await runner.cleanup()
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        # Answering at all proves the event loop runs; the writer task must be alive too.
+        # A response at all proves the event loop runs. The outbox writer task must be alive too.
         outbox = self.agent.outbox
         if outbox is not None and not outbox.writer_alive:
             return web.json_response({"status": "failing", "reason": "outbox writer stopped"}, status=503)

@@ -1,9 +1,9 @@
 """The supervisor: opens the outbox, starts the health server, the forwarder and every source as
 children of one task group, and stops them in order.
 
-Shutdown order matters for the guarantees: sources stop first, so no new records arrive; then
-the forwarder is cancelled (a batch in flight either completed or stays in the outbox, because
-records are only removed after the receiver acknowledged them); then the outbox commits what
+Shutdown order matters for the guarantees. Sources stop first, so no new records arrive. Then
+the forwarder is cancelled: a batch in flight either completed or stays in the outbox, because
+records are only removed after the receiver acknowledged them. Last, the outbox commits what
 is still queued and closes.
 """
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class _Sink:
-    """What sources write to: the outbox, plus a wake-up for the forwarder after each commit.
+    """Record sink of the sources: the outbox, plus a wake-up for the forwarder after each commit.
 
     Counting uses the outbox's commit report rather than `append`'s return, so a record whose
     producer was cancelled while its commit completed is still counted (and in the ledger).
@@ -164,8 +164,8 @@ class Agent:
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
 
     async def _run_source(self, source: Source, sink: _Sink) -> None:
-        """Run one source; a bug that escapes it is logged and the source restarted after a backoff,
-        so it cannot take the other sources or the forwarder down."""
+        """Run one source until cancelled. A bug that escapes it is logged and the source is restarted
+        after a backoff, so it cannot take the other sources or the forwarder down."""
         backoff = Backoff(initial=1.0, maximum=60.0)
         while True:
             try:
@@ -186,7 +186,7 @@ class Agent:
             wake()
 
     async def status(self) -> dict[str, Any]:
-        """The `/status` document: agent, sources, outbox and forwarder."""
+        """Build the `/status` document: agent, sources, outbox and forwarder."""
         now = self.clock.now()
         outbox: dict[str, Any] = {}
         if self.outbox is not None:
@@ -215,8 +215,8 @@ class Agent:
         }
 
     def _forwarder_status(self) -> dict[str, Any]:
-        """The forwarder's snapshot, with its monotonic clock readings turned into seconds from now,
-        since a raw monotonic reading means nothing to an operator."""
+        """Return the forwarder's snapshot with its monotonic clock readings turned into seconds from now,
+        because a raw monotonic reading means nothing to an operator."""
         if self.forwarder is None:
             return {}
         now = self.clock.monotonic()

@@ -1,7 +1,7 @@
 """An exclusive lock on an outbox file, so two agents never forward from one outbox.
 
 Two agents on one file would each read the same batches and send every record twice. The lock
-is an `flock` on `<outbox>.lock`; the kernel releases it when the process ends, however it ends,
+is an `flock` on `<outbox>.lock`. The kernel releases it when the process ends, however it ends,
 so a SIGKILL or power cut never leaves a stale lock behind. Operator tools do not take it.
 """
 

@@ -134,8 +134,8 @@ async def test_sigkill_while_forwarding_loses_nothing(tmp_path: Path) -> None:
     assert held_at_kill <= set(received)
     assert received_at_kill <= set(received)
     assert len(received) == len(set(received)) == stats.unique_events
-    # Only the batch in flight at the kill may have reached the receiver without its acknowledgement
-    # being committed; it is sent again after the restart and dropped there as duplicates.
+    # Only the batch in flight at the kill may have reached the receiver before its acknowledgement
+    # was committed. It is sent again after the restart, and the receiver drops it as duplicates.
     in_flight = held_at_kill & received_at_kill
     assert len(in_flight) <= 10
     assert stats.duplicates >= len(in_flight)

@@ -181,7 +181,7 @@ async def _receiver_stats(receiver: Any) -> dict[str, int]:
 
 
 async def _final_check(agent: Any, receiver: Any, data_dir: Path) -> int:
-    """Compare what the agent stored with what the receiver holds, and say whether anything is missing."""
+    """Compare what the agent stored with what the receiver stored, print the result, and return 0 if nothing is missing."""
     import sqlite3
 
     connection = sqlite3.connect(agent.settings.outbox.path)
