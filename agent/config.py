@@ -166,7 +166,7 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
 
     environment = check_environment(Settings, os.environ, ENV_PREFIX)
     environment_problems = [message for _, message in environment]
-    # A variable that names no setting can also make its whole section invalid; say it once.
+    # A variable that names no setting can also make its whole section invalid, so report it once.
     explained = {f"{key}:" for key, _ in environment}
     token = config_dir.set(path.resolve().parent)
     try:
