@@ -142,7 +142,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        raise ConfigError(path, [f"file not found: {path}; give the path of the configuration file"]) from None
+        raise ConfigError(path, [f"file not found: {path}; pass the configuration file with --config PATH"]) from None
     except PermissionError:
         raise ConfigError(path, [f"permission denied reading {path}"]) from None
     except IsADirectoryError:

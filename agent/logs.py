@@ -56,6 +56,11 @@ def setup_logging(level: str = "INFO", format: str = "auto", stream: Any = None)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Library chatter (per-request and keepalive lines) stays out of INFO.
-    for noisy in ("asyncua", "pymodbus", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Library chatter (per-request and keepalive lines) stays out of INFO. asyncua logs a WARNING
+    # for every step of a lost connection; the OPC UA source logs the state change once instead.
+    for noisy, level in (
+        ("asyncua", logging.ERROR),
+        ("pymodbus", logging.WARNING),
+        ("aiohttp.access", logging.WARNING),
+    ):
+        logging.getLogger(noisy).setLevel(max(level, root.level))

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8788, help="TCP port; 0 picks a free one (default 8788)")
+    # 8788 is the MES API's default port, so the stand-in receiver uses another.
+    parser.add_argument("--port", type=int, default=8090, help="TCP port; 0 picks a free one (default 8090)")
     parser.add_argument("--db", type=Path, required=True, help="SQLite ledger file; created if missing")
     parser.add_argument("--token-file", type=Path, help="file with the bearer token that requests must carry")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; serves HTTPS with --tls-key")

@@ -48,17 +48,19 @@ def _drop_excess_zeros(value: Decimal) -> Decimal:
     return value
 
 
-def _decimal_schema(minimum: int | None, example: str) -> WithJsonSchema:
+def _decimal_schema(minimum: int | None, example: str, *, exclusive: bool = False) -> WithJsonSchema:
     number: dict[str, Any] = {"type": "number"}
     sign = "-?"
     if minimum is not None:
-        number["minimum"] = minimum
+        number["exclusiveMinimum" if exclusive else "minimum"] = minimum
         sign = ""
     text = {"type": "string", "pattern": rf"^\s*{sign}[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\s*$"}
+    # NOTE: the string form's pattern cannot express "greater than 0", so the agent alone rejects "0".
     return WithJsonSchema(
         {
             "anyOf": [number, text],
-            "description": "decimal number, as a JSON number or a string",
+            "description": "decimal number, as a JSON number or a string"
+            + (f", greater than {minimum}" if exclusive else ""),
             "examples": [example],
         }
     )
@@ -70,6 +72,13 @@ Quantity = Annotated[
     AfterValidator(_drop_excess_zeros),
     PlainSerializer(_plain_decimal, return_type=str),
     _decimal_schema(0, "12.5"),
+]
+PositiveQuantity = Annotated[
+    Decimal,
+    Field(gt=0, max_digits=28, decimal_places=MAX_DECIMAL_PLACES, allow_inf_nan=False, examples=["12.5"]),
+    AfterValidator(_drop_excess_zeros),
+    PlainSerializer(_plain_decimal, return_type=str),
+    _decimal_schema(0, "12.5", exclusive=True),
 ]
 SignedDecimal = Annotated[
     Decimal,
@@ -138,7 +147,7 @@ class GoodsMovement(TransactionBase):
     type: Literal["goods_movement"]
     material: Identifier = Field(description="material number", examples=["RM-4711"])
     batch: Identifier | None = Field(default=None, description="batch or lot number", examples=["B2026-0117"])
-    quantity: Quantity = Field(gt=0)
+    quantity: PositiveQuantity
     unit: Unit = Field(examples=["KG"])
     movement_type: Identifier = Field(description="movement type code, such as 261 (goods issue to order)")
     from_location: Identifier | None = Field(default=None, description="storage location the goods leave")

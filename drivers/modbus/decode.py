@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from decimal import Decimal
 
 BIT_TABLES = frozenset({"coil", "discrete"})
 
@@ -128,4 +129,9 @@ def apply_scale(value: int | float | bool | str, scale: float, offset: float) ->
         return value
     if scale == 1.0 and offset == 0.0:
         return value
-    return value * scale + offset
+    if value != value or value in (float("inf"), float("-inf")):
+        return value * scale + offset
+    # Scale in decimal, then round once to a float: in binary floating point 214 * 0.1 is
+    # 21.400000000000002, while the decimal product is 21.4, which is what the engineer configured.
+    exact = Decimal(repr(value)) * Decimal(repr(scale)) + Decimal(repr(offset))
+    return float(exact)

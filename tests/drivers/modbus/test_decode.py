@@ -114,3 +114,16 @@ def test_apply_scale_and_offset(raw: int, scale: float, offset: float, expected:
     result = apply_scale(raw, scale, offset)
     assert result == pytest.approx(expected)
     assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "scale", "offset", "expected"),
+    [
+        (214, 0.1, 0.0, 21.4),
+        (3, 0.1, -0.3, 0.0),
+        (2**53, 1.0, 0.5, 9007199254740992.0),
+        (123456789012345678, 0.001, 0.0, 123456789012345.678),
+    ],
+)
+def test_scaling_has_no_binary_float_artefacts(raw, scale, offset, expected) -> None:
+    assert apply_scale(raw, scale, offset) == expected
