@@ -167,13 +167,13 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
     environment = check_environment(Settings, os.environ, ENV_PREFIX)
     environment_problems = [message for _, message in environment]
     # A variable that names no setting can also make its whole section invalid, so report it once.
-    explained = {f"{key}:" for key, _ in environment}
+    explained = {key for key, _ in environment}
     token = config_dir.set(path.resolve().parent)
     try:
         settings = Settings(**data)
     except ValidationError as error:
         problems = format_validation_error(error, Settings, os.environ, ENV_PREFIX)
-        problems = [line for line in problems if line.split(" ", 1)[0] not in explained]
+        problems = [line for line in problems if line.split(": ", 1)[0] not in explained]
         raise ConfigError(path, environment_problems + problems) from None
     finally:
         config_dir.reset(token)

@@ -148,7 +148,7 @@ def _environment_variable(loc: tuple[Any, ...], environ: Mapping[str, str] | Non
 
 
 def check_environment(root: type[BaseModel], environ: Mapping[str, str], prefix: str) -> list[tuple[str, str]]:
-    """Problems with `prefix`-ed environment variables that name no setting, as (top-level key, message).
+    """Problems with `prefix`-ed environment variables that name no setting, as (key path, message).
 
     pydantic-settings ignores such variables, so a typo in a variable name would otherwise be
     silently ignored, exactly what unknown keys in the file are rejected for.
@@ -167,13 +167,18 @@ def check_environment(root: type[BaseModel], environ: Mapping[str, str], prefix:
                 close = difflib.get_close_matches(part, list(fields), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(fields)})"
                 where = ".".join(parts[:depth]) or "top level"
-                problems.append((parts[0], f"environment variable {variable}: {part!r} is not a key of {where}{hint}"))
+                problems.append(
+                    (
+                        ".".join(parts[: depth + 1]),
+                        f"environment variable {variable}: {part!r} is not a key of {where}{hint}",
+                    )
+                )
                 break
             annotation = fields[part].annotation
             if typing.get_origin(annotation) is list and _model_classes(annotation):
                 problems.append(
                     (
-                        parts[0],
+                        ".".join(parts[: depth + 1]),
                         f"environment variable {variable}: {part} is a list of tables; set it in the file, "
                         f"since environment variables can only override single keys",
                     )

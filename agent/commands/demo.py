@@ -22,6 +22,15 @@ from agent.config_errors import ConfigError
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in the help, except for options whose absence has its own meaning (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
@@ -32,14 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the receiver down for a while, and end by comparing what the agent stored with what the "
             "receiver holds. Exit 0 if nothing was lost."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo configuration")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of capture")
     parser.add_argument("--outage-at", type=float, default=10.0, help="seconds before the receiver goes down")
     parser.add_argument("--outage", type=float, default=12.0, help="seconds the receiver stays down")
     parser.add_argument(
-        "--data-dir", type=Path, help="keep the outbox and receiver files here (default: a new temporary folder)"
+        "--data-dir", type=Path, help="keep the outbox and receiver files here; a new temporary folder if not given"
     )
     parser.set_defaults(handler=handle)
 

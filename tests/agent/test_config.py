@@ -223,3 +223,13 @@ def test_check_config_warns_about_missing_files(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert f"warning: central.token_file: {tmp_path / 'absent.token'} does not exist" in result.stdout
+
+
+def test_environment_nested_typo_is_reported_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANTGATE_CENTRAL__URLL", "http://127.0.0.1:8/other")
+
+    problems = problems_of(write(tmp_path, VALID))
+
+    assert problems == [
+        "environment variable PLANTGATE_CENTRAL__URLL: 'urll' is not a key of central; did you mean 'url'?"
+    ]
