@@ -26,6 +26,7 @@ from drivers.mes.intake import BatchInvalid, Problem, to_record, validate_batch
 from outbox.clock import Clock
 from outbox.errors import OutboxFull, OutboxUnavailable
 from outbox.records import format_time
+from outbox.startup import sync_directory
 
 log = logging.getLogger(__name__)
 
@@ -261,14 +262,6 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _move(path: Path, target_folder: Path, report: str | None) -> Path:
     """Move a file into `target_folder` under a free name, with its report first if given, and
     sync both folders so the move survives a power cut. Raises FileNotFoundError if it is gone."""
@@ -281,6 +274,6 @@ def _move(path: Path, target_folder: Path, report: str | None) -> Path:
             file.flush()
             os.fsync(file.fileno())
     os.replace(path, target)
-    _fsync_folder(target_folder)
-    _fsync_folder(path.parent)
+    sync_directory(target_folder)
+    sync_directory(path.parent)
     return target
