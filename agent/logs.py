@@ -58,9 +58,9 @@ def setup_logging(level: str = "INFO", format: str = "auto", stream: Any = None)
     root.setLevel(level)
     # Library chatter (per-request and keepalive lines) stays out of INFO. asyncua logs a WARNING
     # for every step of a lost connection; the OPC UA source logs the state change once instead.
-    for noisy, level in (
+    for noisy, library_level in (
         ("asyncua", logging.ERROR),
         ("pymodbus", logging.WARNING),
         ("aiohttp.access", logging.WARNING),
     ):
-        logging.getLogger(noisy).setLevel(max(level, root.level))
+        logging.getLogger(noisy).setLevel(max(library_level, root.level))
