@@ -114,8 +114,12 @@ def _text_line(node: Any) -> str:
 def _toml_line(node: Any) -> str:
     if node.node_class != "Variable":
         return f"# {'  ' * (node.depth - 1)}{node.browse_name} ({node.node_class})"
-    name = node.browse_name.split(":", 1)[1]
-    return f"    {{ node_id = {json.dumps(node.node_id)}, name = {json.dumps(name)} }},  # {node.data_type}"
+    name = node.browse_name.split(":", 1)[-1]
+    line = f"{{ node_id = {json.dumps(node.node_id)}, name = {json.dumps(name)} }},  # {node.data_type}"
+    if node.browse_name.startswith("0:"):
+        # Standard nodes of namespace 0 (method arguments, server diagnostics) are rarely wanted.
+        return f"    # {line} (standard node)"
+    return f"    {line}"
 
 
 def handle_trust(args: argparse.Namespace) -> int:
