@@ -103,9 +103,10 @@ def _handle_list(args: argparse.Namespace) -> int:
         if not entries:
             print("no dead letters")
             return 0
+        print(f"{'RECORD ID':<36}  {'FAILED AT':<27}  {'HTTP':>4}  {'LANE':<11} SOURCE  SUBJECT  REASON")
         for entry in entries:
             print(
-                f"{entry['id']}  {entry['failed_at']}  {entry['status'] or '-':>3}  {entry['lane']:<11} "
+                f"{entry['id']:<36}  {entry['failed_at']:<27}  {entry['status'] or '-':>4}  {entry['lane']:<11} "
                 f"{entry['source']}  {entry['subject']}  {entry['reason'][:80]}"
             )
         return 0
