@@ -197,7 +197,10 @@ class Agent:
             }
             stats["writer_alive"] = self.outbox.writer_alive
             outbox = stats
+        sources = [source.status.snapshot() for source in self.sources]
+        forwarder = self._forwarder_status()
         return {
+            "problems": summarise_problems(sources, outbox, forwarder, self.incidents),
             "agent": {
                 "version": __version__,
                 "site": self.settings.agent.site,
@@ -207,9 +210,9 @@ class Agent:
                 "ready": self.is_ready(),
                 "stopping": self.stopping,
             },
-            "sources": [source.status.snapshot() for source in self.sources],
+            "sources": sources,
             "outbox": outbox,
-            "forwarder": self._forwarder_status(),
+            "forwarder": forwarder,
             "incidents": self.incidents,
             "update": update_report(InstallLayout(self.settings.update.install_dir)),
         }
@@ -234,6 +237,33 @@ class Agent:
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self.stopping and self.outbox is not None and self.outbox.writer_alive
+
+
+def summarise_problems(
+    sources: list[dict[str, Any]], outbox: dict[str, Any], forwarder: dict[str, Any], incidents: list[dict[str, Any]]
+) -> list[str]:
+    """List, one line each, what needs an operator's attention, so `/status` shows it at a glance.
+
+    An empty list means every source is connected, the outbox commits and the central endpoint
+    accepts batches.
+    """
+    problems: list[str] = []
+    for source in sources:
+        if source["state"] != "connected":
+            reason = f": {source['last_error']}" if source.get("last_error") else ""
+            problems.append(f"source {source['name']} is {source['state']}{reason}")
+    if outbox.get("condition"):
+        problems.append(f"outbox: {outbox['condition']}: {outbox.get('last_error') or 'commits fail'}")
+    if outbox and not outbox.get("writer_alive", True):
+        problems.append("outbox: the writer task stopped; restart the agent")
+    if forwarder.get("wan_state") == "down":
+        problems.append(f"central endpoint unavailable: {forwarder.get('last_error') or 'no reply'}")
+    if outbox.get("dead_letters"):
+        problems.append(f"{outbox['dead_letters']} dead letter(s): see `plantgate outbox list`")
+    if outbox.get("shed_records"):
+        problems.append(f"{outbox['shed_records']} telemetry record(s) shed to stay within outbox.max_bytes")
+    problems.extend(f"incident: {incident.get('message', incident)}" for incident in incidents)
+    return problems
 
 
 async def _call_hooks(hooks: list[Callable[[Agent], Awaitable[None] | None]], agent: Agent) -> None:

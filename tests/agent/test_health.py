@@ -80,6 +80,8 @@ async def test_status_shows_backlog_while_central_is_down(tmp_path: Path) -> Non
     assert document["outbox"]["shed_records"] == 0
     assert document["forwarder"]["consecutive_failures"] >= 2
     assert document["forwarder"]["last_error"]
+    assert len(document["problems"]) == 1
+    assert document["problems"][0].startswith("central endpoint unavailable: ")
 
 
 async def test_metrics_match_status(tmp_path: Path) -> None:
