@@ -58,7 +58,7 @@ async def test_record_from_unset_clock_is_flagged_and_counted(outbox: Outbox, ca
     also_unset = make_record(number=2, captured_at=datetime(1970, 1, 1, 0, 5, tzinfo=UTC))
     normal = make_record(number=3)
 
-    with caplog.at_level(logging.WARNING, logger="outbox.store"):
+    with caplog.at_level(logging.WARNING, logger="outbox"):
         await outbox.append([unset, also_unset, normal])
     batch = await outbox.next_batch(10, 10**9)
     stats = await outbox.stats()
