@@ -1,6 +1,7 @@
 """The forwarder: reads batches from the outbox and delivers them to the central endpoint.
 
-It only reads the outbox, so producers never wait on the WAN. Each batch goes out as a
+Producers never wait on it: it reads the outbox and only changes it through the outbox's
+writer queue, so an outage of the WAN leaves capture and storage at full speed. Each batch goes out as a
 CloudEvents batch with an `Idempotency-Key` derived from its record ids; the rules for what
 a response means live in `outbox.delivery`, and this loop carries them out:
 
@@ -59,7 +60,7 @@ OUTAGE_SUMMARY_INTERVAL_S = 600.0
 class ForwarderStatus:
     """Delivery state for /status and /metrics. The forwarder updates it in place.
 
-    `last_error` keeps the last failure after recovery; `wan_state` tells whether it is current.
+    `last_error` keeps the last failure after recovery; `wan_state` shows whether it is current.
     `batches_sent` counts POST requests, bisection steps included. `retries` counts attempts
     that ended in a retry. `last_progress_monotonic` is the monotonic time of the loop's last
     step (an attempt or an idle check). While backing off, `next_attempt_monotonic` is when

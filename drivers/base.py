@@ -32,13 +32,13 @@ class RecordSink(Protocol):
         ...
 
     async def lookup(self, record_id: str) -> str | None:
-        """Where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
+        """Return where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
         ...
 
 
 @dataclass
 class SourceStatus:
-    """What `/status` and `/metrics` show for one source. The source updates it in place."""
+    """State of one source, as `/status` and `/metrics` show it. The source updates it in place."""
 
     name: str
     type: str

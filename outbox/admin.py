@@ -41,7 +41,7 @@ LIST_COLUMNS = "seq, id, lane, source, kind, subject, captured_at, attempts, sta
 
 
 class AdminError(Exception):
-    """An operator action could not be done; the message says why and what to do."""
+    """An operator action failed. The message states why and what to do."""
 
 
 def audit_path(outbox_path: Path) -> Path:
@@ -51,7 +51,7 @@ def audit_path(outbox_path: Path) -> Path:
 def open_outbox(path: Path) -> sqlite3.Connection:
     """Open an existing outbox file for operator actions. Never creates or migrates one.
 
-    Raises AdminError if the file is missing or not an outbox of a schema this release knows.
+    Raises AdminError if the file is missing or not an outbox of a schema this release supports.
     """
     if not path.is_file():
         raise AdminError(f"outbox {path} not found; check outbox.path in the configuration or --outbox")
@@ -137,7 +137,7 @@ def list_dead_letters(
 
 
 def show(connection: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
-    """Everything the outbox holds on one id, with its state, or None if it holds nothing."""
+    """Everything the outbox contains on one id, with its state, or None if it contains nothing."""
     columns = [name.strip() for name in DEAD_LETTER_COLUMNS.split(",")]
     row = connection.execute(f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (record_id,)).fetchone()
     if row:

@@ -16,7 +16,7 @@ INSERT_RECORD = (
 
 
 def row_for(record: Record) -> tuple[Any, ...]:
-    """The values of INSERT_RECORD for `record`."""
+    """Return the values of INSERT_RECORD for `record`."""
     return (
         record.id,
         int(record.lane),
@@ -32,7 +32,7 @@ def row_for(record: Record) -> tuple[Any, ...]:
 
 
 def stored_from_row(row: Any) -> StoredRecord:
-    """A StoredRecord from the RECORD_COLUMNS of one row."""
+    """Build a StoredRecord from the RECORD_COLUMNS of one row."""
     (
         seq,
         record_id,

@@ -6,7 +6,9 @@ queued in one transaction and only then resolves each producer's future. With
 reported stored survives a power cut as well as a crash.
 
 The forwarder reads batches through a second connection (WAL readers never block the writer)
-and acknowledges or dead-letters them through the writer, so one task makes every change.
+and acknowledges or dead-letters them through the writer, so within the agent one task makes
+every change. Operator commands (`plantgate outbox`) change the file through their own
+connection; the writer notices and reloads its counters.
 Memory holds only counters and the records being committed or forwarded: the backlog stays
 on disk.
 
@@ -226,7 +228,7 @@ class Outbox(WriteTransactions):
     # -- forwarder --------------------------------------------------------------------------
 
     async def next_batch(self, max_records: int, max_bytes: int) -> list[StoredRecord]:
-        """The oldest undelivered records in delivery order (lane, then FIFO), within the limits.
+        """Read the oldest undelivered records in delivery order (lane, then FIFO), within the limits.
 
         Always returns at least one record when any is waiting, even one over `max_bytes`.
         Raises OutboxUnavailable if the file cannot be read.
@@ -265,7 +267,7 @@ class Outbox(WriteTransactions):
     # -- inspection -------------------------------------------------------------------------
 
     async def lookup(self, record_id: str) -> str | None:
-        """Where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
+        """Return where a record is: 'stored', 'forwarded', 'dead-lettered', or None if unknown."""
         for table, state in (
             ("records", "stored"),
             ("delivered", "forwarded"),
@@ -423,7 +425,7 @@ class Outbox(WriteTransactions):
                 await self.clock.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            # Counters change only on the event loop's thread, so stats() never sees them half updated.
+            # Counters change only on the event loop's thread, so stats() never reads them half updated.
             self._counters.merge(pending)
             self._unsaved = Counters()
             self._commit_succeeded()

@@ -63,7 +63,7 @@ def check_binary(path: Path, manifest: Manifest) -> None:
     size = path.stat().st_size
     if size != manifest.size:
         raise UpdateRejected(
-            f"binary {manifest.file} is {size} bytes, but the signed manifest says {manifest.size}; "
+            f"binary {manifest.file} is {size} bytes, but the signed manifest states {manifest.size}; "
             "the file is truncated or was replaced. Download the release again"
         )
     digest = hashlib.sha256()
@@ -72,7 +72,7 @@ def check_binary(path: Path, manifest: Manifest) -> None:
             digest.update(chunk)
     if digest.hexdigest() != manifest.sha256:
         raise UpdateRejected(
-            f"binary {manifest.file} has sha256 {digest.hexdigest()}, but the signed manifest says "
+            f"binary {manifest.file} has sha256 {digest.hexdigest()}, but the signed manifest states "
             f"{manifest.sha256}; the file was changed after signing or damaged in transit. "
             "Download the release again"
         )
